@@ -1,0 +1,245 @@
+"""Table-driven code generation shared by the NumPy and Torch backends.
+
+One printer turns a stable SymPy expression (see :mod:`customloss.calculus`) into
+Python source that calls operations on a *runtime namespace* ``R``.  Each backend
+supplies its own ``R`` implementing the same operation names, so adding a function is
+one entry in :data:`FUNCTION_TABLE` plus one function per backend runtime.
+
+Kernels are generated with shared common subexpressions (``sympy.cse``): one kernel
+can return the elementwise loss and any set of its derivatives in one pass.
+"""
+
+from __future__ import annotations
+
+import linecache
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sympy
+from sympy.printing.str import StrPrinter
+
+__all__ = ["FUNCTION_TABLE", "Kernel", "KernelPrinter", "generate_kernel"]
+
+#: SymPy function class name -> runtime operation name.
+FUNCTION_TABLE: dict[str, str] = {
+    "exp": "exp",
+    "log": "log",
+    "Abs": "abs",
+    "sign": "sign",
+    "tanh": "tanh",
+    "cosh": "cosh",
+    "sinh": "sinh",
+    "sin": "sin",
+    "cos": "cos",
+    "atan": "atan",
+    "erf": "erf",
+    "log1p": "log1p",
+    "expm1": "expm1",
+    "Sigmoid": "sigmoid",
+    "Softplus": "softplus",
+    "LogSumExp": "logsumexp",
+    "LogCosh": "logcosh",
+    "Max": "maximum",
+    "Min": "minimum",
+    "floor": "floor",
+    "ceiling": "ceil",
+}
+
+
+class KernelPrinter(StrPrinter):
+    """Prints stable SymPy expressions as calls on the runtime namespace ``R``.
+
+    Args:
+        names: mapping from argument symbols to the Python names used in the kernel.
+        ref: the name of the argument whose dtype/device scalar-only results adopt.
+    """
+
+    printmethod = "_customloss_code"
+
+    def __init__(self, names: dict[sympy.Symbol, str], ref: str) -> None:
+        super().__init__({"order": "none"})
+        self._names = names
+        self._ref = ref
+
+    # numbers -------------------------------------------------------------
+    def _print(self, expr: Any, **kwargs: Any) -> str:
+        if isinstance(expr, sympy.Expr) and expr.is_number and not expr.is_Integer:
+            value = complex(expr.evalf(20))
+            if value.imag != 0:
+                raise ValueError(f"expression has a complex constant: {expr}")
+            return repr(float(value.real))
+        return super()._print(expr, **kwargs)
+
+    def _print_Integer(self, expr: sympy.Integer) -> str:
+        return str(int(expr))
+
+    def _print_Symbol(self, expr: sympy.Symbol) -> str:
+        try:
+            return self._names[expr]
+        except KeyError:
+            raise ValueError(f"unknown symbol {expr.name!r} in generated code") from None
+
+    # functions -----------------------------------------------------------
+    def _print_Function(self, expr: sympy.Function) -> str:
+        name = type(expr).__name__
+        op = FUNCTION_TABLE.get(name)
+        if op is None:
+            raise ValueError(f"no compiled form for the function {name!r}")
+        args = [self._print(a) for a in expr.args]
+        if op in ("maximum", "minimum") and len(args) > 2:
+            out = args[0]
+            for a in args[1:]:
+                out = f"R.{op}({out}, {a})"
+            return out
+        return f"R.{op}({', '.join(args)})"
+
+    _print_Max = _print_Function
+    _print_Min = _print_Function
+    _print_Abs = _print_Function
+    _print_exp = _print_Function
+    _print_log = _print_Function
+
+    def _print_Heaviside(self, expr: sympy.Heaviside) -> str:
+        h0 = expr.args[1] if len(expr.args) > 1 else sympy.S.Half
+        return f"R.heaviside({self._print(expr.args[0])}, {float(h0)!r})"
+
+    def _print_Pow(self, expr: sympy.Pow, rational: bool = False) -> str:
+        base, ex = expr.args
+        b = self.parenthesize(base, 1000)  # always parenthesise the base
+        if ex.free_symbols:
+            # symbolic exponent (a param): the safe power keeps 0*inf away, see R.spow
+            return f"R.spow({self._print(base)}, {self._print(ex)})"
+        if ex == sympy.S.Half:
+            return f"R.sqrt({self._print(base)})"
+        if ex == -sympy.S.Half:
+            return f"(1.0/R.sqrt({self._print(base)}))"
+        if ex.is_Integer:
+            n = int(ex)
+            if n == -1:
+                return f"(1.0/{b})"
+            if n < 0:
+                return f"(1.0/{b}**{-n})"
+            return f"{b}**{n}"
+        return f"{b}**{self._print(ex)}"
+
+    # logic ---------------------------------------------------------------
+    def _print_Piecewise(self, expr: sympy.Piecewise) -> str:
+        pieces = list(expr.args)
+        last_val, last_cond = pieces[-1]
+        if last_cond != sympy.true:
+            # no 'otherwise' branch: undefined there, as in SymPy -> nan
+            out = f"R.where({self._print(last_cond)}, {self._print(last_val)}, math.nan, {self._ref})"
+        else:
+            out = self._print(last_val)
+        for val, cond in reversed(pieces[:-1]):
+            out = f"R.where({self._print(cond)}, {self._print(val)}, {out}, {self._ref})"
+        return out
+
+    def _print_Relational(self, expr: sympy.core.relational.Relational) -> str:
+        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
+        return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
+
+    def _print_And(self, expr: sympy.And) -> str:
+        return "(" + " & ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr: sympy.Or) -> str:
+        return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr: sympy.Not) -> str:
+        return f"(~{self._print(expr.args[0])})"
+
+    def _print_BooleanTrue(self, expr: Any) -> str:
+        return "True"
+
+    def _print_BooleanFalse(self, expr: Any) -> str:
+        return "False"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A generated elementwise function and its source.
+
+    ``fn(*args)`` returns a tuple with one array per requested output, each with the
+    broadcast shape of the inputs.
+    """
+
+    fn: Callable[..., tuple[Any, ...]]
+    source: str
+    outputs: tuple[str, ...]
+
+
+_counter = 0
+_counter_lock = threading.Lock()
+
+
+def generate_kernel(
+    name: str,
+    args: Sequence[sympy.Symbol],
+    outputs: Sequence[tuple[str, sympy.Expr]],
+    runtime: Any,
+    *,
+    shape_args: Sequence[sympy.Symbol] = (),
+) -> Kernel:
+    """Generate, compile and return one fused kernel.
+
+    Args:
+        name: used for the function name and in tracebacks.
+        args: the kernel's positional arguments, in order.
+        outputs: ``(label, expression)`` pairs; common subexpressions are shared.
+        runtime: the backend namespace bound to ``R`` in the generated code.
+        shape_args: arguments that carry the full elementwise shape; an output that
+            depends on none of them is broadcast to the first one.
+
+    Returns:
+        The :class:`Kernel`.
+    """
+    global _counter
+    names = {s: f"a{i}" for i, s in enumerate(args)}
+    ref = names[shape_args[0]] if shape_args else "a0"
+    printer = KernelPrinter(names, ref)
+    exprs = [e for _, e in outputs]
+    temps = sympy.numbered_symbols("_t")
+    replacements, reduced = sympy.cse(exprs, symbols=temps, order="none")
+    for sym, _ in replacements:
+        names[sym] = sym.name
+    ident = "".join(c if c.isalnum() else "_" for c in name)
+    lines = [f"def {ident}({', '.join(names[s] for s in args)}):"]
+    for sym, sub in replacements:
+        lines.append(f"    {sym.name} = {printer.doprint(sub)}")
+    shape_set = set(shape_args)
+    rets = []
+    for expr in reduced:
+        code = printer.doprint(expr)
+        if shape_set and not (_deps(expr, replacements) & shape_set):
+            code = f"R.expand({code}, {ref})"
+        rets.append(code)
+    lines.append(f"    return ({', '.join(rets)},)")
+    source = "\n".join(lines) + "\n"
+    with _counter_lock:
+        _counter += 1
+        filename = f"<customloss-kernel-{_counter} {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"R": runtime, "math": math}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated code
+    return Kernel(namespace[ident], source, tuple(lbl for lbl, _ in outputs))
+
+
+def _deps(expr: sympy.Expr, replacements: list[tuple[sympy.Symbol, sympy.Expr]]) -> set:
+    """Free symbols of ``expr`` with CSE temporaries expanded."""
+    sub = dict(replacements)
+    out: set = set()
+    stack = list(expr.free_symbols)
+    seen: set = set()
+    while stack:
+        s = stack.pop()
+        if s in seen:
+            continue
+        seen.add(s)
+        if s in sub:
+            stack.extend(sub[s].free_symbols)
+        else:
+            out.add(s)
+    return out

@@ -1,0 +1,155 @@
+"""The design DSL: symbols and the functions a loss is written with.
+
+Everything here returns *plain* SymPy (``exp``, ``log``, ``Abs``, ``Max``, ``Min``,
+``Piecewise``), so that ``Loss.expr`` and ``Loss.grad()`` can be read, printed and
+``sympy.lambdify``-ed by anyone.  The numerically stable forms (softplus, log-sigmoid,
+logsumexp, ...) are introduced later by :func:`customloss.calculus.stabilize`, only for
+the generated code.
+
+The same functions are what a loss *string* may call (see :mod:`customloss.parse`):
+:data:`FUNCTIONS` is the single table both the decorator and the parser use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sympy
+
+__all__ = [
+    "FUNCTIONS",
+    "abs",
+    "cosh",
+    "exp",
+    "log",
+    "log1p",
+    "log_sigmoid",
+    "maximum",
+    "minimum",
+    "relu",
+    "sigmoid",
+    "softplus",
+    "sqrt",
+    "symbol",
+    "tanh",
+    "where",
+]
+
+ExprLike = Any  # a SymPy expression or a Python number
+
+
+def symbol(name: str) -> sympy.Symbol:
+    """The SymPy symbol customloss uses for an input or parameter called ``name``.
+
+    Every symbol is declared real, so ``log(exp(x))`` simplifies to ``x`` and
+    ``Abs(x)`` differentiates to ``sign(x)``.  One name always gives the same symbol.
+    """
+    return sympy.Symbol(name, real=True)
+
+
+def _sym(x: ExprLike) -> sympy.Expr:
+    return sympy.sympify(x, strict=True) if not isinstance(x, sympy.Basic) else x
+
+
+def log(x: ExprLike) -> sympy.Expr:
+    """Natural logarithm."""
+    return sympy.log(_sym(x))
+
+
+def exp(x: ExprLike) -> sympy.Expr:
+    """Exponential."""
+    return sympy.exp(_sym(x))
+
+
+def sqrt(x: ExprLike) -> sympy.Expr:
+    """Square root."""
+    return sympy.sqrt(_sym(x))
+
+
+def abs(x: ExprLike) -> sympy.Expr:  # noqa: A001 - the DSL name users write
+    """Absolute value (``sympy.Abs``)."""
+    return sympy.Abs(_sym(x))
+
+
+def log1p(x: ExprLike) -> sympy.Expr:
+    """``log(1 + x)``; compiled code uses the accurate ``log1p``."""
+    return sympy.log(1 + _sym(x))
+
+
+def tanh(x: ExprLike) -> sympy.Expr:
+    """Hyperbolic tangent."""
+    return sympy.tanh(_sym(x))
+
+
+def cosh(x: ExprLike) -> sympy.Expr:
+    """Hyperbolic cosine (``log(cosh(x))`` compiles to a stable log-cosh)."""
+    return sympy.cosh(_sym(x))
+
+
+def sigmoid(x: ExprLike) -> sympy.Expr:
+    """Logistic sigmoid ``1 / (1 + exp(-x))``."""
+    return 1 / (1 + sympy.exp(-_sym(x)))
+
+
+def softplus(x: ExprLike) -> sympy.Expr:
+    """``log(1 + exp(x))``; compiled code never overflows."""
+    return sympy.log(1 + sympy.exp(_sym(x)))
+
+
+def log_sigmoid(x: ExprLike) -> sympy.Expr:
+    """``log(sigmoid(x)) = -log(1 + exp(-x))``; compiled as ``-softplus(-x)``."""
+    return -sympy.log(1 + sympy.exp(-_sym(x)))
+
+
+def relu(x: ExprLike) -> sympy.Expr:
+    """``max(x, 0)``."""
+    return sympy.Max(_sym(x), 0)
+
+
+def maximum(*args: ExprLike) -> sympy.Expr:
+    """Elementwise maximum of two or more expressions (``sympy.Max``)."""
+    if len(args) < 2:
+        raise ValueError("maximum() takes at least two arguments")
+    return sympy.Max(*(_sym(a) for a in args))
+
+
+def minimum(*args: ExprLike) -> sympy.Expr:
+    """Elementwise minimum of two or more expressions (``sympy.Min``)."""
+    if len(args) < 2:
+        raise ValueError("minimum() takes at least two arguments")
+    return sympy.Min(*(_sym(a) for a in args))
+
+
+def where(condition: Any, if_true: ExprLike, if_false: ExprLike) -> sympy.Expr:
+    """``if_true`` where ``condition`` holds, else ``if_false`` (a ``sympy.Piecewise``).
+
+    Args:
+        condition: a SymPy relational such as ``p > y`` (or a boolean combination).
+        if_true: value where the condition holds.
+        if_false: value elsewhere.
+    """
+    if not isinstance(condition, (sympy.logic.boolalg.Boolean, bool)):
+        raise TypeError(
+            f"where(): condition must be a comparison such as 'p > y', got {condition!r}"
+        )
+    return sympy.Piecewise((_sym(if_true), condition), (_sym(if_false), True))
+
+
+#: Name -> function: the DSL vocabulary, shared by the decorator and the string parser.
+FUNCTIONS: dict[str, Callable[..., sympy.Expr]] = {
+    "log": log,
+    "exp": exp,
+    "sqrt": sqrt,
+    "abs": abs,
+    "log1p": log1p,
+    "tanh": tanh,
+    "cosh": cosh,
+    "sigmoid": sigmoid,
+    "softplus": softplus,
+    "log_sigmoid": log_sigmoid,
+    "relu": relu,
+    "maximum": maximum,
+    "minimum": minimum,
+    "where": where,
+}

@@ -1,0 +1,481 @@
+"""The ``Loss`` object and the two ways to build one: ``@loss`` and ``define``.
+
+A ``Loss`` holds the elementwise loss as a plain SymPy expression over symbols named
+after its inputs (prediction first, then target) and its params.  It differentiates
+itself symbolically, prints itself, and compiles itself (lazily, once per backend and
+kernel signature, shared by every ``Loss`` with the same mathematics) into NumPy and
+PyTorch callables.
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+import re
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import sympy
+
+from customloss import _validate, calculus, codegen, dsl
+
+__all__ = ["Loss", "define", "loss"]
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+ParamDefault = float | tuple[float, ...] | None
+
+
+def _check_identifier(kind: str, name: str) -> None:
+    if not isinstance(name, str) or not _IDENT_RE.match(name) or keyword.iskeyword(name):
+        raise ValueError(f"{kind} name {name!r} is not a valid identifier")
+    if name in dsl.FUNCTIONS:
+        raise ValueError(f"{kind} name {name!r} clashes with the DSL function {name}()")
+
+
+def _normalise_default(name: str, value: Any) -> ParamDefault:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"param {name!r}: default must be a number, got a bool")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        if not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise TypeError(f"param {name!r}: a vector default must be a non-empty list of numbers")
+        return tuple(float(v) for v in value)
+    raise TypeError(
+        f"param {name!r}: default must be a number, a list of numbers or None, got {value!r}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# compiled artefacts, shared by all Loss objects with the same mathematics
+# ---------------------------------------------------------------------------
+_ARTEFACTS: dict[tuple, Any] = {}
+_ARTEFACT_LOCKS: dict[tuple, threading.Lock] = {}
+_GLOBAL_LOCK = threading.Lock()
+#: How many kernels were generated in this process (for the cache's tests).
+kernel_builds = 0
+
+
+def _cached(key: tuple, build: Callable[[], Any]) -> Any:
+    """Build ``key`` once per process, also when many threads ask at once."""
+    hit = _ARTEFACTS.get(key)
+    if hit is not None:
+        return hit
+    with _GLOBAL_LOCK:
+        lock = _ARTEFACT_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        hit = _ARTEFACTS.get(key)
+        if hit is None:
+            hit = build()
+            _ARTEFACTS[key] = hit
+        return hit
+
+
+class Loss:
+    """An elementwise loss designed as mathematics.
+
+    Build one with :func:`loss` (decorator) or :func:`define` (string). Call it like a
+    ``torch.nn.functional`` loss::
+
+        value = my_loss(input, target, reduction="mean", weight=None, **param_overrides)
+
+    Attributes:
+        name: the loss name.
+        inputs: input names, prediction first, then target.
+        params: param name -> default (``None`` means required at call time).
+        expr: the elementwise loss as plain SymPy.
+        doc: documentation text.
+        classes: whether the inputs carry a class axis.
+        references: literature references (free text).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        expr: sympy.Expr,
+        *,
+        inputs: Sequence[str],
+        params: Mapping[str, Any] | None = None,
+        classes: bool = False,
+        doc: str | None = None,
+        references: Sequence[str] = (),
+        source_text: str | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(f"loss name {name!r} must start with a letter or '_' "
+                             "and contain only letters, digits, '_', '.', '-'")
+        inputs = tuple(inputs)
+        if len(inputs) != 2:
+            raise ValueError(
+                f"loss {name!r}: inputs must name exactly two inputs "
+                f"(prediction, target), got {inputs!r}"
+            )
+        params = dict(params or {})
+        for n in (*inputs, *params):
+            _check_identifier("input" if n in inputs else "param", n)
+        dup = set(inputs) & set(params)
+        if dup or len(set(inputs)) != 2:
+            raise ValueError(f"loss {name!r}: names used twice: {sorted(dup) or list(inputs)}")
+        if classes:
+            raise NotImplementedError(
+                "class-axis losses (classes=True) are not available in this version yet"
+            )
+        if not isinstance(expr, sympy.Expr):
+            raise TypeError(
+                f"loss {name!r} must be a SymPy expression, got {type(expr).__name__}"
+            )
+        expr = sympy.sympify(expr)
+        known = {n: dsl.symbol(n) for n in (*inputs, *params)}
+        by_name = {s.name: s for s in known.values()}
+        # Symbols users built themselves (sympy.Symbol("p")) are mapped onto ours.
+        foreign = {s: by_name[s.name] for s in expr.free_symbols if s.name in by_name and s not in known.values()}
+        if foreign:
+            expr = expr.xreplace(foreign)
+        unknown = sorted(s.name for s in expr.free_symbols if s.name not in by_name)
+        if unknown:
+            raise ValueError(f"loss {name!r}: unknown symbol {unknown[0]!r}")
+        if expr.has(sympy.I) or expr.has(sympy.zoo, sympy.oo, -sympy.oo, sympy.nan):
+            raise ValueError(f"loss {name!r}: the expression is not a finite real expression")
+        self.name = name
+        self.inputs: tuple[str, ...] = inputs
+        self.params: dict[str, ParamDefault] = {
+            k: _normalise_default(k, v) for k, v in params.items()
+        }
+        self.expr: sympy.Expr = expr
+        self.classes = bool(classes)
+        self.doc = inspect.cleandoc(doc) if doc else ""
+        self.references: tuple[str, ...] = tuple(references)
+        self._symbols = known
+        self._source_text = source_text
+        self._key = (sympy.srepr(expr), self.inputs, tuple(self.params))
+
+    # -- symbols and calculus ---------------------------------------------
+    @property
+    def symbols(self) -> dict[str, sympy.Symbol]:
+        """Name -> SymPy symbol, for every input and param."""
+        return dict(self._symbols)
+
+    def _symbol(self, wrt: str | sympy.Symbol | None) -> sympy.Symbol:
+        if wrt is None:
+            return self._symbols[self.inputs[0]]
+        name = wrt.name if isinstance(wrt, sympy.Symbol) else wrt
+        if name not in self._symbols:
+            raise ValueError(
+                f"loss {self.name!r} has no symbol {name!r}; "
+                f"choose one of {', '.join(self._symbols)}"
+            )
+        return self._symbols[name]
+
+    def grad(self, wrt: str | sympy.Symbol | None = None, order: int = 1) -> sympy.Expr:
+        """Symbolic derivative of the unreduced elementwise loss.
+
+        Args:
+            wrt: an input or param name (or its Symbol); default the prediction.
+            order: derivative order (2 for the second derivative, ...).
+
+        Returns:
+            A plain SymPy expression in this loss's symbols.
+        """
+        if not isinstance(order, int) or order < 1:
+            raise ValueError(f"order must be a positive integer, got {order!r}")
+        return calculus.derivative(self.expr, self._symbol(wrt), order)
+
+    def latex(self) -> str:
+        """The elementwise loss in LaTeX."""
+        return sympy.latex(self.expr)
+
+    def grad_latex(self, wrt: str | sympy.Symbol | None = None) -> str:
+        """The derivative (see :meth:`grad`) in LaTeX."""
+        return sympy.latex(self.grad(wrt))
+
+    @property
+    def stable_expr(self) -> sympy.Expr:
+        """The numerically stable form the compilers use (internal functions)."""
+        return _cached(("stable", self._key), lambda: calculus.stabilize(self.expr))
+
+    def _stable_derivative(self, wrt: str) -> sympy.Expr:
+        return _cached(
+            ("dstable", self._key, wrt),
+            lambda: calculus.stable_derivatives(self.stable_expr, [self._symbols[wrt]])[0],
+        )
+
+    # -- code generation ----------------------------------------------------
+    def _kernel(self, backend: str, wrt: tuple[str, ...], value: bool | None = None) -> codegen.Kernel:
+        """The generated kernel returning the value (if requested) and derivatives."""
+        if value is None:
+            value = not wrt
+        key = ("kernel", self._key, backend, value, wrt)
+
+        def build() -> codegen.Kernel:
+            global kernel_builds
+            runtime = _runtime(backend)
+            outs = [("value", self.stable_expr)] if value else []
+            outs += [(f"d_{n}", self._stable_derivative(n)) for n in wrt]
+            args = [self._symbols[n] for n in (*self.inputs, *self.params)]
+            kernel_builds += 1
+            return codegen.generate_kernel(
+                f"{self.name}_{backend}", args, outs, runtime,
+                shape_args=[self._symbols[n] for n in self.inputs],
+            )
+
+        return _cached(key, build)
+
+    def source(self, backend: str = "torch", wrt: Sequence[str] | None = None) -> str:
+        """The generated code, for inspection.
+
+        Args:
+            backend: ``"torch"`` or ``"numpy"``.
+            wrt: derivatives to include; default: the value kernel and the fused
+                value-and-gradient kernel for the prediction.
+        """
+        if backend not in ("torch", "numpy"):
+            raise ValueError(f"unknown backend {backend!r}; valid backends are 'torch', 'numpy'")
+        if wrt is None:
+            parts = [self._kernel(backend, ()).source,
+                     self._kernel(backend, (self.inputs[0],), value=True).source]
+            return "\n".join(parts)
+        for n in wrt:
+            self._symbol(n)
+        return self._kernel(backend, tuple(wrt), value=True).source
+
+    # -- calling ------------------------------------------------------------
+    def resolve_params(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults merged with ``overrides``; unknown or missing params raise TypeError."""
+        return _validate.resolve_params(self.name, self.params, overrides)
+
+    def __call__(
+        self,
+        input: Any,
+        target: Any,
+        *,
+        reduction: str = "mean",
+        weight: Any = None,
+        **params: Any,
+    ) -> Any:
+        """Evaluate the loss.
+
+        Args:
+            input: predictions; a ``torch.Tensor`` selects the Torch backend (autograd
+                works), anything else the NumPy backend.
+            target: targets, same shape as ``input``.
+            reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+            weight: multiplies the elementwise loss before reducing; must broadcast to
+                the input's shape.
+            **params: per-call param values (scalars, arrays or tensors broadcasting
+                to the input's shape).
+
+        Returns:
+            A 0-d tensor / NumPy scalar for ``"mean"`` and ``"sum"``, else an
+            elementwise tensor / array.
+        """
+        _validate.check_reduction(reduction)
+        values = self.resolve_params(params)
+        if _is_torch(input) or _is_torch(target):
+            from customloss import torch_backend
+
+            return torch_backend.evaluate(
+                self, input, target, reduction=reduction, weight=weight, params=values
+            )
+        from customloss import numpy_backend
+
+        return numpy_backend.evaluate(
+            self, input, target, reduction=reduction, weight=weight, params=values
+        )
+
+    def gradient(
+        self,
+        input: Any,
+        target: Any,
+        *,
+        wrt: str | None = None,
+        reduction: str = "mean",
+        weight: Any = None,
+        **params: Any,
+    ) -> Any:
+        """NumPy gradient of the reduced loss from the symbolic derivative.
+
+        Args:
+            input, target, reduction, weight, params: as for calling the loss.
+            wrt: an input or param name; default the prediction.
+
+        Returns:
+            An array shaped like the ``wrt`` argument (elementwise for ``"none"``).
+        """
+        _validate.check_reduction(reduction)
+        name = self._symbol(wrt).name
+        values = self.resolve_params(params)
+        from customloss import numpy_backend
+
+        return numpy_backend.gradient(
+            self, input, target, wrt=name, reduction=reduction, weight=weight, params=values
+        )
+
+    def torch(self, *, reduction: str = "mean", **params: Any) -> Any:
+        """A ``torch.nn.Module`` criterion; params become buffers.
+
+        Args:
+            reduction: the module's reduction.
+            **params: param values overriding the defaults (stored as buffers).
+        """
+        from customloss import torch_backend
+
+        return torch_backend.LossModule(self, reduction=reduction, **params)
+
+    def with_defaults(self, **params: Any) -> Loss:
+        """A new ``Loss`` with other param defaults; this one is unchanged."""
+        for k in params:
+            if k not in self.params:
+                valid = ", ".join(self.params) or "none"
+                raise TypeError(f"loss {self.name!r} got an unknown param {k!r}; valid params: {valid}")
+        new = object.__new__(Loss)
+        new.__dict__.update(self.__dict__)
+        new.params = {**self.params, **{k: _normalise_default(k, v) for k, v in params.items()}}
+        return new
+
+    # -- presentation ---------------------------------------------------------
+    def __repr__(self) -> str:
+        ps = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"Loss({self.name!r}, {self.expr}{', ' + ps if ps else ''})"
+
+    def pretty(self) -> str:
+        """The loss and its gradient, pretty-printed in Unicode."""
+        return (
+            f"{self.name}({', '.join(self.inputs)}"
+            + (f"; {', '.join(self.params)}" if self.params else "")
+            + ") =\n"
+            + sympy.pretty(self.expr, use_unicode=True)
+            + f"\n\nd{self.name}/d{self.inputs[0]} =\n"
+            + sympy.pretty(self.grad(), use_unicode=True)
+        )
+
+
+def _runtime(backend: str) -> Any:
+    if backend == "numpy":
+        from customloss.numpy_backend import RUNTIME
+
+        return RUNTIME
+    if backend == "torch":
+        from customloss.torch_backend import RUNTIME
+
+        return RUNTIME
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def _is_torch(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def loss(
+    name: str | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    classes: bool = False,
+    doc: str | None = None,
+    references: Sequence[str] = (),
+) -> Callable[[Callable[..., Any]], Loss]:
+    """Decorator: build a :class:`Loss` from a function returning a SymPy expression.
+
+    The function's arguments become SymPy symbols named after them: the first is the
+    prediction, the second the target, the rest must be params (keys of ``params``).
+
+    Args:
+        name: loss name; default the function's name.
+        params: param name -> default value (``None``: required at call time).
+        classes: the inputs carry a class axis.
+        doc: documentation; default the function's docstring.
+        references: literature references.
+
+    Returns:
+        A decorator turning the function into a ``Loss`` (it is not registered).
+    """
+    if callable(name):
+        raise TypeError("use @cl.loss() or @cl.loss(params=...), with parentheses")
+
+    def decorate(fn: Callable[..., Any]) -> Loss:
+        sig = inspect.signature(fn)
+        argnames = []
+        for p in sig.parameters.values():
+            if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                raise TypeError(f"loss function {fn.__name__!r}: argument {p.name!r} must be positional")
+            argnames.append(p.name)
+        if len(argnames) < 2:
+            raise TypeError(
+                f"loss function {fn.__name__!r} needs at least two arguments (prediction, target)"
+            )
+        inputs, rest = argnames[:2], argnames[2:]
+        declared = dict(params or {})
+        for a in rest:
+            if a not in declared:
+                raise TypeError(
+                    f"loss function {fn.__name__!r}: argument {a!r} is neither an input "
+                    "nor a declared param (add it to params=)"
+                )
+        extra = [k for k in declared if k not in rest]
+        if extra:
+            raise TypeError(
+                f"loss function {fn.__name__!r}: param {extra[0]!r} is not an argument of the function"
+            )
+        syms = [dsl.symbol(a) for a in argnames]
+        expr = fn(*syms)
+        if isinstance(expr, (int, float)) and not isinstance(expr, bool):
+            expr = sympy.Float(expr)
+        if not isinstance(expr, sympy.Expr):
+            raise TypeError(
+                f"loss function {fn.__name__!r} must return a SymPy expression, "
+                f"got {type(expr).__name__}"
+            )
+        return Loss(
+            name or fn.__name__,
+            expr,
+            inputs=inputs,
+            params={k: declared[k] for k in rest},
+            classes=classes,
+            doc=doc if doc is not None else fn.__doc__,
+            references=references,
+        )
+
+    return decorate
+
+
+def define(
+    name: str,
+    source: str,
+    *,
+    inputs: Sequence[str],
+    params: Mapping[str, Any] | None = None,
+    classes: bool = False,
+    doc: str | None = None,
+    references: Sequence[str] = (),
+) -> Loss:
+    """Build a :class:`Loss` from a string, safely (the text is never executed).
+
+    Args:
+        name: loss name.
+        source: the elementwise loss, e.g. ``"(p - y)**2 * (1 + k*y)"``.
+        inputs: the input names, prediction first.
+        params: param name -> default (``None``: required at call time).
+        classes: the inputs carry a class axis.
+        doc: documentation.
+        references: literature references.
+
+    Raises:
+        ValueError: the text is not a valid loss (names the construct or symbol).
+    """
+    from customloss import parse
+
+    inputs = tuple(inputs)
+    params = dict(params or {})
+    expr = parse.parse_expression(source, symbols=[*inputs, *params])
+    return Loss(
+        name, expr, inputs=inputs, params=params, classes=classes, doc=doc,
+        references=references, source_text=source,
+    )

@@ -1,0 +1,263 @@
+"""Safe parsing of loss strings: text -> SymPy, never executing the text.
+
+The text is parsed with :func:`ast.parse` and checked against a whitelist before any
+SymPy object is built: numbers, names (the loss's inputs and params, ``pi``, ``E``),
+``+ - * / **``, unary minus/plus, comparisons and ``and``/``or``/``not`` (for
+``where`` conditions), and calls of DSL functions (:data:`customloss.dsl.FUNCTIONS`)
+with positional arguments.  Everything else is refused with a ``ValueError`` naming
+the construct.
+
+The work is bounded before SymPy sees anything: source length, AST node count,
+nesting depth, size of integer literals, and the size of constant exponents (so
+``9**9**9**9`` is refused in microseconds instead of starting an uninterruptible
+big-integer power).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sympy
+
+from customloss import dsl
+
+__all__ = ["LIMITS", "Limits", "parse_expression"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on the text a loss string may contain."""
+
+    max_length: int = 10_000
+    max_nodes: int = 2_000
+    max_depth: int = 60
+    max_int_bits: int = 128
+    max_exponent: float = 1_000.0
+    max_constant: float = 1e300
+
+
+LIMITS = Limits()
+
+_BINOPS = {
+    ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**",
+}
+_REFUSED_NAMES = {
+    ast.Attribute: "attribute access",
+    ast.Subscript: "subscripts",
+    ast.Lambda: "lambda expressions",
+    ast.ListComp: "comprehensions",
+    ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions",
+    ast.GeneratorExp: "comprehensions",
+    ast.IfExp: "conditional expressions (use where(cond, a, b))",
+    ast.NamedExpr: "assignment expressions",
+    ast.Starred: "starred arguments",
+    ast.List: "lists",
+    ast.Tuple: "tuples",
+    ast.Dict: "dicts",
+    ast.Set: "sets",
+    ast.JoinedStr: "f-strings",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+    ast.Slice: "slices",
+}
+_CONSTANTS = {"pi": sympy.pi, "E": sympy.E}
+_COMPARE = {
+    ast.Lt: sympy.Lt, ast.LtE: sympy.Le, ast.Gt: sympy.Gt, ast.GtE: sympy.Ge,
+    ast.Eq: sympy.Eq, ast.NotEq: sympy.Ne,
+}
+
+
+def _fail(msg: str, node: ast.AST | None = None) -> ValueError:
+    where = f" (column {node.col_offset + 1})" if node is not None and hasattr(node, "col_offset") else ""
+    return ValueError(msg + where)
+
+
+def _check_tree(tree: ast.Expression, names: set[str], limits: Limits) -> None:
+    count = 0
+    stack: list[tuple[ast.AST, int]] = [(tree.body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > limits.max_nodes:
+            raise _fail(f"expression too large: more than {limits.max_nodes} syntax nodes")
+        if depth > limits.max_depth:
+            raise _fail(f"expression nested too deeply: more than {limits.max_depth} levels")
+        for cls, what in _REFUSED_NAMES.items():
+            if isinstance(node, cls):
+                raise _fail(f"{what} not allowed in a loss expression", node)
+        if isinstance(node, ast.BinOp):
+            if type(node.op) not in _BINOPS:
+                raise _fail(f"operator {type(node.op).__name__} not allowed (use + - * / **)", node)
+            if isinstance(node.op, ast.Pow):
+                _check_power(node, limits)
+        elif isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, (ast.USub, ast.UAdd, ast.Not)):
+                raise _fail(f"unary operator {type(node.op).__name__} not allowed", node)
+        elif isinstance(node, ast.Constant):
+            v = node.value
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise _fail(f"constant {v!r} not allowed (only real numbers)", node)
+            if isinstance(v, int) and v.bit_length() > limits.max_int_bits:
+                raise _fail("integer literal too large", node)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise _fail(f"literal {v!r} is not finite", node)
+        elif isinstance(node, ast.Name):
+            if node.id not in names and node.id not in _CONSTANTS:
+                if node.id in dsl.FUNCTIONS:
+                    raise _fail(f"function {node.id!r} used without calling it", node)
+                raise _fail(f"unknown symbol {node.id!r}", node)
+        elif isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name):
+                raise _fail("only calls of DSL functions are allowed (e.g. log(p))", node)
+            if node.func.id not in dsl.FUNCTIONS:
+                raise _fail(f"unknown function {node.func.id!r}", node)
+            if node.keywords:
+                raise _fail(f"keyword arguments not allowed in a call of {node.func.id!r}", node)
+            for a in node.args:
+                stack.append((a, depth + 1))
+            continue
+        elif isinstance(node, ast.Compare):
+            for op in node.ops:
+                if type(op) not in _COMPARE:
+                    raise _fail(f"comparison {type(op).__name__} not allowed", node)
+        elif isinstance(node, ast.BoolOp):
+            pass
+        else:
+            raise _fail(f"{type(node).__name__} not allowed in a loss expression", node)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node)
+                     if not isinstance(child, (ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.expr_context)))
+
+
+def _const_value(node: ast.AST, limits: Limits) -> float | None:
+    """Value of a constant numeric subtree as a float, None if it has names or calls.
+
+    Raises ValueError when the value is beyond ``limits.max_constant``.
+    """
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return float(node.value)
+    if isinstance(node, ast.Name) and node.id in _CONSTANTS:
+        return float(_CONSTANTS[node.id])
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _const_value(node.operand, limits)
+        return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        a = _const_value(node.left, limits)
+        b = _const_value(node.right, limits)
+        if a is None or b is None:
+            return None
+        try:
+            if isinstance(node.op, ast.Pow):
+                if a != 0 and abs(b) * math.log10(max(abs(a), 1e-300)) > math.log10(limits.max_constant):
+                    raise ValueError
+                v = a**b
+                if isinstance(v, complex):
+                    raise _fail("constant power has a complex value", node)
+            else:
+                v = {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}.get(type(node.op)) if not isinstance(node.op, ast.Div) else a / b
+        except (OverflowError, ValueError):
+            raise _fail("constant too large in loss expression", node) from None
+        except ZeroDivisionError:
+            raise _fail("division by zero in a constant", node) from None
+        if v is None or not math.isfinite(v) or abs(v) > limits.max_constant:
+            raise _fail("constant too large in loss expression", node)
+        return v
+    return None
+
+
+def _check_power(node: ast.BinOp, limits: Limits) -> None:
+    exponent = _const_value(node.right, limits)
+    if exponent is not None and abs(exponent) > limits.max_exponent:
+        raise _fail(
+            f"exponent {exponent:g} too large (limit {limits.max_exponent:g})", node
+        )
+    _const_value(node, limits)  # refuses a constant power whose value is too large
+
+
+def _to_sympy(node: ast.AST, syms: dict[str, sympy.Symbol]) -> sympy.Basic:
+    if isinstance(node, ast.Constant):
+        v = node.value
+        return sympy.Integer(v) if isinstance(v, int) else sympy.Float(repr(v))
+    if isinstance(node, ast.Name):
+        return syms[node.id] if node.id in syms else _CONSTANTS[node.id]
+    if isinstance(node, ast.UnaryOp):
+        v = _to_sympy(node.operand, syms)
+        if isinstance(node.op, ast.Not):
+            return sympy.Not(v)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp):
+        a = _to_sympy(node.left, syms)
+        b = _to_sympy(node.right, syms)
+        op = type(node.op)
+        if op is ast.Add:
+            return a + b
+        if op is ast.Sub:
+            return a - b
+        if op is ast.Mult:
+            return a * b
+        if op is ast.Div:
+            return a / b
+        return a**b
+    if isinstance(node, ast.Call):
+        fn = dsl.FUNCTIONS[node.func.id]  # type: ignore[attr-defined]
+        args = [_to_sympy(a, syms) for a in node.args]
+        try:
+            return fn(*args)
+        except TypeError as exc:
+            raise _fail(f"bad call of {node.func.id}(): {exc}", node) from None  # type: ignore[attr-defined]
+    if isinstance(node, ast.Compare):
+        parts = []
+        left = _to_sympy(node.left, syms)
+        for op, comp in zip(node.ops, node.comparators):
+            right = _to_sympy(comp, syms)
+            parts.append(_COMPARE[type(op)](left, right))
+            left = right
+        return sympy.And(*parts) if len(parts) > 1 else parts[0]
+    if isinstance(node, ast.BoolOp):
+        vals = [_to_sympy(v, syms) for v in node.values]
+        return sympy.And(*vals) if isinstance(node.op, ast.And) else sympy.Or(*vals)
+    raise _fail(f"{type(node).__name__} not allowed in a loss expression", node)
+
+
+def parse_expression(
+    source: str, *, symbols: Iterable[str], limits: Limits = LIMITS
+) -> sympy.Expr:
+    """Parse a loss expression safely.
+
+    Args:
+        source: the text, e.g. ``"(p - y)**2 * (1 + k*y)"``.
+        symbols: the names it may use (inputs and params).
+        limits: bounds on size, nesting and constants.
+
+    Returns:
+        A plain SymPy expression over :func:`customloss.dsl.symbol` symbols.
+
+    Raises:
+        ValueError: the text is refused; the message names the construct or symbol.
+    """
+    if not isinstance(source, str):
+        raise TypeError(f"loss source must be a string, got {type(source).__name__}")
+    if len(source) > limits.max_length:
+        raise ValueError(f"loss source too long: {len(source)} characters (limit {limits.max_length})")
+    if not source.strip():
+        raise ValueError("loss source is empty")
+    names = set(symbols)
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+        _check_tree(tree, names, limits)
+        expr = _to_sympy(tree.body, {n: dsl.symbol(n) for n in names})
+    except ValueError:
+        raise
+    except SyntaxError as exc:
+        raise ValueError(f"invalid loss expression: {exc.msg} (column {exc.offset})") from None
+    except (RecursionError, MemoryError) as exc:
+        raise ValueError(f"loss expression too complex to parse ({type(exc).__name__})") from None
+    except TypeError as exc:
+        raise ValueError(f"invalid loss expression: {exc}") from None
+    if not isinstance(expr, sympy.Expr):
+        raise ValueError("a loss expression must be arithmetic, not a condition")
+    return expr

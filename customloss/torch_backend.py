@@ -1,0 +1,285 @@
+"""PyTorch backend: runtime ops, the fused ``autograd.Function`` and the ``nn.Module``.
+
+The forward and backward of every loss are generated from its stable expression and
+its symbolic derivatives (:mod:`customloss.codegen`).  In the common training case
+(only the prediction needs a gradient) the forward kernel computes the loss *and* its
+derivative in one pass with shared subexpressions, and backward only scales it.
+Otherwise backward recomputes the needed derivatives from the saved inputs; when a
+graph is requested (``create_graph=True``) the derivatives are recomputed with
+differentiable torch ops, so ``gradgradcheck`` and Hessian-vector products work.
+
+Half precision (float16, bfloat16) is computed internally in float32 and returned in
+the input dtype.  Nothing here assumes the CPU: every tensor the backend creates is
+placed on the input's device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from customloss import _validate
+
+if TYPE_CHECKING:
+    from customloss.loss import Loss
+
+__all__ = ["RUNTIME", "LossFunction", "LossModule", "evaluate"]
+
+_LOG2 = math.log(2.0)
+
+
+class _TorchOps:
+    """Operations the generated code calls as ``R.<name>``."""
+
+    exp = staticmethod(torch.exp)
+    log = staticmethod(torch.log)
+    sqrt = staticmethod(torch.sqrt)
+    abs = staticmethod(torch.abs)
+    sign = staticmethod(torch.sign)
+    tanh = staticmethod(torch.tanh)
+    cosh = staticmethod(torch.cosh)
+    sinh = staticmethod(torch.sinh)
+    sin = staticmethod(torch.sin)
+    cos = staticmethod(torch.cos)
+    atan = staticmethod(torch.atan)
+    erf = staticmethod(torch.erf)
+    log1p = staticmethod(torch.log1p)
+    expm1 = staticmethod(torch.expm1)
+    floor = staticmethod(torch.floor)
+    ceil = staticmethod(torch.ceil)
+    sigmoid = staticmethod(torch.sigmoid)
+
+    @staticmethod
+    def softplus(x: torch.Tensor) -> torch.Tensor:
+        return F.softplus(x)
+
+    @staticmethod
+    def logsumexp(*args: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(torch.stack(torch.broadcast_tensors(*args)), dim=0)
+
+    @staticmethod
+    def logcosh(x: torch.Tensor) -> torch.Tensor:
+        a = torch.abs(x)
+        return a + F.softplus(-2.0 * a) - _LOG2
+
+    @staticmethod
+    def maximum(a: Any, b: Any) -> torch.Tensor:
+        if not isinstance(a, torch.Tensor):
+            a, b = b, a
+        if not isinstance(b, torch.Tensor):
+            return torch.clamp_min(a, b)
+        return torch.maximum(a, b)
+
+    @staticmethod
+    def minimum(a: Any, b: Any) -> torch.Tensor:
+        if not isinstance(a, torch.Tensor):
+            a, b = b, a
+        if not isinstance(b, torch.Tensor):
+            return torch.clamp_max(a, b)
+        return torch.minimum(a, b)
+
+    @staticmethod
+    def heaviside(x: torch.Tensor, h0: float) -> torch.Tensor:
+        return torch.heaviside(x, torch.tensor(h0, dtype=x.dtype, device=x.device))
+
+    @staticmethod
+    def where(cond: Any, a: Any, b: Any, ref: torch.Tensor) -> torch.Tensor:
+        if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+            a = torch.tensor(a, dtype=ref.dtype, device=ref.device)
+        return torch.where(cond, a, b)
+
+    @staticmethod
+    def spow(b: Any, e: Any) -> torch.Tensor:
+        """``b**e`` with the base kept off zero where the exponent is negative.
+
+        See ``customloss.numpy_backend._NumpyOps.spow`` for why: it keeps the chain
+        rule's ``g * b**(g-1) * b'`` finite when ``b`` underflows to zero.
+        """
+        if not isinstance(b, torch.Tensor):
+            return torch.pow(b, e)
+        tiny = torch.finfo(b.dtype).tiny
+        guard = (b.abs() < tiny) & (e < 0) if isinstance(e, torch.Tensor) else (
+            b.abs() < tiny if e < 0 else None
+        )
+        if guard is not None:
+            b = torch.where(guard, torch.full_like(b, tiny), b)
+        return torch.pow(b, e)
+
+    @staticmethod
+    def expand(value: Any, ref: torch.Tensor) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor):
+            return torch.full_like(ref, float(value))
+        return value.expand(ref.shape)
+
+
+RUNTIME = _TorchOps()
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _sum_to(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if g.shape == shape:
+        return g
+    lead = g.dim() - len(shape)
+    dims = list(range(lead)) + [
+        lead + i for i, s in enumerate(shape) if s == 1 and g.shape[lead + i] != 1
+    ]
+    return g.sum(dim=dims, keepdim=True).reshape(shape) if dims else g.reshape(shape)
+
+
+class LossFunction(torch.autograd.Function):
+    """Fused forward/backward of a generated loss.
+
+    ``apply(loss, reduction, weight, input, target, *params)``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, loss: Loss, reduction: str, weight: torch.Tensor | None,
+                input: torch.Tensor, target: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        cdt = torch.float32 if input.dtype in _HALF else input.dtype
+        args = [a.to(cdt) for a in (input, target, *params)]
+        w = weight.to(cdt) if weight is not None else None
+        pred = loss.inputs[0]
+        # needs_input_grad: (loss, reduction, weight, input, target, *params)
+        only_input = ctx.needs_input_grad[3] and not any(ctx.needs_input_grad[4:]) and not ctx.needs_input_grad[2]
+        if only_input:
+            values, dinput = loss._kernel("torch", (pred,), value=True).fn(*args)
+            ctx.fused_grad = dinput
+        else:
+            (values,) = loss._kernel("torch", ()).fn(*args)
+            ctx.fused_grad = None
+        if w is not None:
+            values = values * w
+        if reduction == "mean":
+            out = values.mean()
+        elif reduction == "sum":
+            out = values.sum()
+        else:
+            out = values
+        ctx.loss, ctx.reduction, ctx.cdt = loss, reduction, cdt
+        ctx.has_weight = weight is not None
+        ctx.save_for_backward(input, target, weight, *params)
+        return out.to(input.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, gout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        input, target, weight, *params = ctx.saved_tensors
+        loss, cdt = ctx.loss, ctx.cdt
+        names = [*loss.inputs, *loss.params]
+        needs = ctx.needs_input_grad
+        wrt = tuple(n for n, need in zip(names, needs[3:]) if need)
+        want_w = ctx.has_weight and needs[2]
+        numel = input.numel()
+        g = gout.to(cdt)
+        if ctx.reduction == "mean":
+            g = g / max(numel, 1)
+        w = weight.to(cdt) if weight is not None else None
+        scale = g if w is None else g * w
+        if ctx.fused_grad is not None and not torch.is_grad_enabled():
+            grads = {loss.inputs[0]: ctx.fused_grad}
+            value = None
+        else:
+            args = [a.to(cdt) for a in (input, target, *params)]
+            outs = loss._kernel("torch", wrt, value=want_w).fn(*args) if (wrt or want_w) else ()
+            value = outs[0] if want_w else None
+            grads = dict(zip(wrt, outs[1:] if want_w else outs))
+        result: list[torch.Tensor | None] = [None, None, None]
+        if want_w:
+            result[2] = _sum_to(value * g, weight.shape).to(weight.dtype)
+        for n, t in zip(names, (input, target, *params)):
+            if n in grads:
+                result.append(_sum_to(grads[n] * scale, t.shape).to(t.dtype))
+            else:
+                result.append(None)
+        return tuple(result)
+
+
+def _check_tensor(x: Any, what: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor when the input is one, got {type(x).__name__}")
+    return x
+
+
+def _prepare(loss: Loss, input: Any, target: Any, weight: Any, params: dict[str, Any]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    input = _check_tensor(input, "input")
+    if not input.is_floating_point():
+        raise TypeError(
+            f"input must be a floating-point tensor, got dtype {input.dtype}"
+            " (convert it with .float())"
+        )
+    if not isinstance(target, torch.Tensor):
+        target = torch.as_tensor(target, device=input.device)
+    if target.is_complex() or input.is_complex():
+        raise TypeError("complex tensors are not supported")
+    if target.device != input.device:
+        raise ValueError(
+            f"target is on device {target.device} but input is on {input.device}"
+        )
+    _validate.check_same_shape(input.shape, target.shape)
+    if not target.is_floating_point():
+        target = target.to(input.dtype)
+    ps = []
+    for name, value in params.items():
+        if isinstance(value, torch.Tensor):
+            if value.is_complex():
+                raise TypeError(f"param {name!r} must be real")
+            t = value if value.is_floating_point() else value.to(input.dtype)
+            t = t.to(input.device)
+        else:
+            try:
+                t = torch.as_tensor(value, dtype=input.dtype, device=input.device)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise TypeError(f"param {name!r} must be numeric: {exc}") from None
+        _validate.check_broadcasts_to(f"param {name!r}", t.shape, input.shape)
+        ps.append(t)
+    w = None
+    if weight is not None:
+        w = weight if isinstance(weight, torch.Tensor) else torch.as_tensor(weight, dtype=input.dtype)
+        w = w.to(input.device) if w.is_floating_point() else w.to(device=input.device, dtype=input.dtype)
+        _validate.check_broadcasts_to("weight", w.shape, input.shape)
+    return input, target, w, ps
+
+
+def evaluate(loss: Loss, input: Any, target: Any, *, reduction: str, weight: Any,
+             params: dict[str, Any]) -> torch.Tensor:
+    """Evaluate ``loss`` on tensors (see ``Loss.__call__``)."""
+    input, target, w, ps = _prepare(loss, input, target, weight, params)
+    return LossFunction.apply(loss, reduction, w, input, target, *ps)
+
+
+class LossModule(torch.nn.Module):
+    """A criterion module for a ``Loss``: ``forward(input, target, **overrides)``.
+
+    Params given at construction (or the loss's defaults) are stored as buffers, so
+    they follow ``.to(device)`` and appear in the ``state_dict``.
+    """
+
+    def __init__(self, loss: Loss, *, reduction: str = "mean", **params: Any) -> None:
+        super().__init__()
+        _validate.check_reduction(reduction)
+        for k in params:
+            if k not in loss.params:
+                valid = ", ".join(loss.params) or "none"
+                raise TypeError(f"loss {loss.name!r} got an unknown param {k!r}; valid params: {valid}")
+        self.loss = loss
+        self.reduction = reduction
+        self._required: list[str] = []
+        for name, default in loss.params.items():
+            value = params.get(name, default)
+            if value is None:
+                self._required.append(name)
+                continue
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.get_default_dtype()))
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, *,
+                weight: torch.Tensor | None = None, **overrides: Any) -> torch.Tensor:
+        values = {n: getattr(self, n) for n in self.loss.params if n not in self._required}
+        values.update(overrides)
+        return self.loss(input, target, reduction=self.reduction, weight=weight, **values)
+
+    def extra_repr(self) -> str:
+        return f"{self.loss.name}, reduction={self.reduction!r}"
