@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from customloss import _validate
+from customloss import _validate, fast
 
 if TYPE_CHECKING:
     from customloss.loss import Loss
@@ -146,10 +146,12 @@ class LossFunction(torch.autograd.Function):
         # needs_input_grad: (loss, reduction, weight, input, target, *params)
         only_input = ctx.needs_input_grad[3] and not any(ctx.needs_input_grad[4:]) and not ctx.needs_input_grad[2]
         if only_input:
-            values, dinput = loss._kernel("torch", (pred,), value=True).fn(*args)
+            kernel = loss._kernel("torch", (pred,), value=True)
+            values, dinput = fast.kernel_callable(kernel, tuple(args))(*args)
             ctx.fused_grad = dinput
         else:
-            (values,) = loss._kernel("torch", ()).fn(*args)
+            kernel = loss._kernel("torch", ())
+            (values,) = fast.kernel_callable(kernel, tuple(args))(*args)
             ctx.fused_grad = None
         if w is not None:
             values = values * w
