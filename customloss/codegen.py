@@ -197,7 +197,12 @@ def generate_kernel(
         The :class:`Kernel`.
     """
     global _counter
-    names = {s: f"a{i}" for i, s in enumerate(args)}
+    reserved = {"R", "math"}
+    names = {
+        s: s.name if s.name.isidentifier() and s.name not in reserved
+        and not s.name.startswith("_") else f"_a{i}"
+        for i, s in enumerate(args)
+    }
     ref = names[shape_args[0]] if shape_args else "a0"
     printer = KernelPrinter(names, ref)
     exprs = [e for _, e in outputs]

@@ -222,7 +222,7 @@ class Loss:
             args = [self._symbols[n] for n in (*self.inputs, *self.params)]
             kernel_builds += 1
             return codegen.generate_kernel(
-                f"{self.name}_{backend}", args, outs, runtime,
+                "_".join([self.name, backend, *[lbl for lbl, _ in outs]]), args, outs, runtime,
                 shape_args=[self._symbols[n] for n in self.inputs],
             )
 
