@@ -129,7 +129,12 @@ def where(condition: Any, if_true: ExprLike, if_false: ExprLike) -> sympy.Expr:
         if_true: value where the condition holds.
         if_false: value elsewhere.
     """
-    if not isinstance(condition, (sympy.logic.boolalg.Boolean, bool)):
+    ok = isinstance(
+        condition,
+        (sympy.core.relational.Relational, sympy.logic.boolalg.BooleanFunction,
+         sympy.logic.boolalg.BooleanAtom),
+    )
+    if not ok:
         raise TypeError(
             f"where(): condition must be a comparison such as 'p > y', got {condition!r}"
         )

@@ -129,8 +129,24 @@ def _check_tree(tree: ast.Expression, names: set[str], limits: Limits) -> None:
             pass
         else:
             raise _fail(f"{type(node).__name__} not allowed in a loss expression", node)
-        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node)
-                     if not isinstance(child, (ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.expr_context)))
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.expr_context)):
+                continue
+            # a long sum/product is a left-leaning chain, not deep nesting
+            same_chain = (
+                isinstance(node, ast.BinOp) and child is node.left
+                and isinstance(child, ast.BinOp) and _group(child.op) == _group(node.op)
+                and _group(node.op) is not None
+            )
+            stack.append((child, depth if same_chain else depth + 1))
+
+
+def _group(op: ast.operator) -> str | None:
+    if isinstance(op, (ast.Add, ast.Sub)):
+        return "add"
+    if isinstance(op, (ast.Mult, ast.Div)):
+        return "mul"
+    return None
 
 
 def _const_value(node: ast.AST, limits: Limits) -> float | None:
@@ -189,6 +205,18 @@ def _to_sympy(node: ast.AST, syms: dict[str, sympy.Symbol]) -> sympy.Basic:
         if isinstance(node.op, ast.Not):
             return sympy.Not(v)
         return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and _group(node.op) is not None:
+        # fold a left-leaning chain iteratively (no recursion per term)
+        chain = []
+        cur: ast.AST = node
+        group = _group(node.op)
+        while isinstance(cur, ast.BinOp) and _group(cur.op) == group:
+            chain.append((type(cur.op), _to_sympy(cur.right, syms)))
+            cur = cur.left
+        terms = [_to_sympy(cur, syms)]
+        for op, right in reversed(chain):
+            terms.append(-right if op is ast.Sub else (1 / right if op is ast.Div else right))
+        return sympy.Add(*terms) if group == "add" else sympy.Mul(*terms)
     if isinstance(node, ast.BinOp):
         a = _to_sympy(node.left, syms)
         b = _to_sympy(node.right, syms)

@@ -1,0 +1,74 @@
+"""The DSL functions are plain SymPy with the textbook values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sympy
+
+import customloss as cl
+from customloss import dsl
+
+x = dsl.symbol("x")
+z = dsl.symbol("z")
+
+CASES = [
+    (cl.sigmoid, lambda v: 1 / (1 + math.exp(-v))),
+    (cl.softplus, lambda v: math.log1p(math.exp(v))),
+    (cl.log_sigmoid, lambda v: -math.log1p(math.exp(-v))),
+    (cl.relu, lambda v: max(v, 0.0)),
+    (lambda e: cl.log1p(e**2), lambda v: math.log1p(v * v)),
+    (cl.exp, math.exp),
+    (cl.tanh, math.tanh),
+    (cl.cosh, math.cosh),
+    (cl.abs, abs),
+]
+
+
+@pytest.mark.parametrize(("fn", "ref"), CASES, ids=lambda c: getattr(c, "__name__", "ref"))
+@pytest.mark.parametrize("v", [-3.5, -0.2, 0.0, 0.7, 4.0])
+def test_functions_match_closed_forms(fn, ref, v):
+    expr = fn(x)
+    f = sympy.lambdify([x], expr, "math")
+    assert f(v) == pytest.approx(ref(v), rel=1e-12, abs=1e-15)
+
+
+def test_functions_are_plain_sympy():
+    allowed = (sympy.exp, sympy.log, sympy.Abs, sympy.Max, sympy.Min, sympy.Piecewise,
+               sympy.tanh, sympy.cosh)
+    for fn, _ in CASES:
+        for f in fn(x).atoms(sympy.Function):
+            assert isinstance(f, allowed), (fn, f)
+
+
+def test_log_sqrt_and_min_max():
+    assert cl.log(x) == sympy.log(x)
+    assert cl.sqrt(x) == sympy.sqrt(x)
+    assert cl.maximum(x, z, 1) == sympy.Max(x, z, 1)
+    assert cl.minimum(x, 0) == sympy.Min(x, 0)
+    with pytest.raises(ValueError, match="at least two"):
+        cl.maximum(x)
+
+
+def test_where_is_piecewise():
+    e = cl.where(x > z, x, z)
+    assert isinstance(e, sympy.Piecewise)
+    f = sympy.lambdify([x, z], e, "math")
+    assert f(3.0, 1.0) == 3.0
+    assert f(-3.0, 1.0) == 1.0
+    with pytest.raises(TypeError, match="condition"):
+        cl.where(x, 1, 2)
+
+
+def test_symbols_are_real_and_unique_per_name():
+    assert dsl.symbol("p") is dsl.symbol("p") or dsl.symbol("p") == dsl.symbol("p")
+    assert dsl.symbol("p").is_real
+    assert cl.log(cl.exp(x)) == x  # real symbols simplify this
+
+
+def test_function_table_names_every_dsl_function():
+    assert set(dsl.FUNCTIONS) == {
+        "log", "exp", "sqrt", "abs", "log1p", "tanh", "cosh", "sigmoid", "softplus",
+        "log_sigmoid", "relu", "maximum", "minimum", "where",
+    }
