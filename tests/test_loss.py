@@ -1,0 +1,206 @@
+"""The Loss object, the decorator and define(): the public contract of issue 3."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import sympy
+
+import customloss as cl
+
+# `customloss.loss` is the decorator; the module is reached by its full name
+loss_module = importlib.import_module("customloss.loss")
+
+
+@cl.loss(params={"w_pos": 3.0})
+def weighted_sq(p, y, w_pos):
+    """Positives weigh w_pos times more."""
+    return (1 + (w_pos - 1) * y) * (p - y) ** 2
+
+
+ACC = cl.define("acc_sq", "(p - y)**2 * (1 + k*y)", inputs=("p", "y"), params={"k": 2.0})
+
+
+def test_decorator_builds_loss():
+    assert isinstance(weighted_sq, cl.Loss)
+    assert weighted_sq.name == "weighted_sq"
+    assert weighted_sq.inputs == ("p", "y")
+    assert weighted_sq.params == {"w_pos": 3.0}
+    assert weighted_sq.doc == "Positives weigh w_pos times more."
+    p, y, w = sympy.symbols("p y w_pos", real=True)
+    assert sympy.simplify(weighted_sq.expr - (1 + (w - 1) * y) * (p - y) ** 2) == 0
+
+
+def test_define_builds_the_same_mathematics_as_the_decorator():
+    @cl.loss("acc_sq", params={"k": 2.0})
+    def acc(p, y, k):
+        return (p - y) ** 2 * (1 + k * y)
+
+    assert ACC.expr == acc.expr
+    assert ACC.params == acc.params == {"k": 2.0}
+
+
+def test_grad_free_symbols_named_after_inputs_and_params():
+    for wrt in (None, "p", "y", "w_pos"):
+        gexpr = weighted_sq.grad(wrt)
+        names = [s.name for s in gexpr.free_symbols]
+        assert len(names) == len(set(names))
+        assert set(names) <= {"p", "y", "w_pos"}
+
+
+@pytest.mark.parametrize(
+    ("wrt", "closed_form"),
+    [
+        ("p", lambda p, y, w: 2 * (p - y) * (1 + (w - 1) * y)),
+        ("y", lambda p, y, w: (w - 1) * (p - y) ** 2 - 2 * (p - y) * (1 + (w - 1) * y)),
+        ("w_pos", lambda p, y, w: y * (p - y) ** 2),
+    ],
+)
+def test_grad_lambdifies_with_math_and_matches_hand_derivation(wrt, closed_form):
+    gexpr = weighted_sq.grad(wrt)
+    syms = sorted(gexpr.free_symbols, key=lambda s: s.name)
+    f = sympy.lambdify(syms, gexpr, "math")
+    vals = {"p": 0.3, "y": 1.0, "w_pos": 2.5}
+    got = f(*[vals[s.name] for s in syms])
+    assert got == pytest.approx(closed_form(0.3, 1.0, 2.5))
+
+
+def test_second_derivative():
+    assert sympy.simplify(weighted_sq.grad("p", order=2) - 2 * (1 + (weighted_sq.symbols["w_pos"] - 1) * weighted_sq.symbols["y"])) == 0
+
+
+def test_grad_wrt_symbol_object_and_unknown():
+    assert weighted_sq.grad(weighted_sq.symbols["y"]) == weighted_sq.grad("y")
+    with pytest.raises(ValueError, match="no symbol 'q'"):
+        weighted_sq.grad("q")
+
+
+def test_latex_and_source():
+    assert "w_{pos}" in weighted_sq.latex()
+    assert "w_{pos}" in weighted_sq.grad_latex()
+    src = weighted_sq.source()
+    assert "def weighted_sq_torch_value" in src
+    assert "def weighted_sq_numpy_value" in weighted_sq.source("numpy")
+    with pytest.raises(ValueError, match="unknown backend 'jax'"):
+        weighted_sq.source("jax")
+
+
+def test_naive_log_sigmoid_source_uses_stable_function():
+    bce = cl.define("b", "-(y*log(sigmoid(x)) + (1-y)*log(1-sigmoid(x)))", inputs=("x", "y"))
+    src = bce.source()
+    assert "softplus" in src and "R.exp" not in src and "R.log(" not in src
+
+
+def test_argument_neither_input_nor_param_is_named():
+    with pytest.raises(TypeError, match="argument 'gamma' is neither an input nor a declared param"):
+        @cl.loss()
+        def bad(p, y, gamma):
+            return (p - y) ** gamma
+
+
+def test_param_not_an_argument():
+    with pytest.raises(TypeError, match="param 'k' is not an argument"):
+        @cl.loss(params={"k": 1.0})
+        def bad(p, y):
+            return p - y
+
+
+def test_decorator_needs_sympy_result_and_two_args():
+    with pytest.raises(TypeError, match="SymPy expression"):
+        @cl.loss()
+        def bad(p, y):
+            return "p"
+    with pytest.raises(TypeError, match="at least two"):
+        @cl.loss()
+        def bad2(p):
+            return p
+    with pytest.raises(TypeError, match="parentheses"):
+        @cl.loss
+        def bad3(p, y):
+            return p
+
+
+def test_define_errors():
+    with pytest.raises(ValueError, match="unknown symbol 'yy'"):
+        cl.define("x", "(p - yy)**2", inputs=("p", "y"))
+    with pytest.raises(ValueError, match="exactly two inputs"):
+        cl.define("x", "p", inputs=("p",))
+    with pytest.raises(ValueError, match="clashes with the DSL function"):
+        cl.define("x", "(log - y)", inputs=("log", "y"))
+    with pytest.raises(ValueError, match="not a valid identifier"):
+        cl.define("x", "p", inputs=("p", "class"))
+    with pytest.raises(ValueError, match="loss name"):
+        cl.define("bad name", "p", inputs=("p", "y"))
+    with pytest.raises(TypeError, match="param 'k'"):
+        cl.define("x", "p*k", inputs=("p", "y"), params={"k": "big"})
+
+
+def test_required_param_and_unknown_override_errors():
+    need = cl.define("need", "(p - y)**2 * k", inputs=("p", "y"), params={"k": None})
+    with pytest.raises(TypeError, match="missing required param.*'k'"):
+        need(np.ones(3), np.zeros(3))
+    assert float(need(np.ones(3), np.zeros(3), k=2.0)) == pytest.approx(2.0)
+    with pytest.raises(TypeError, match="unknown param 'kk'.*valid params: k"):
+        need(np.ones(3), np.zeros(3), k=1.0, kk=2.0)
+
+
+def test_unknown_reduction_lists_valid_ones():
+    with pytest.raises(ValueError, match="'mean', 'sum', 'none'"):
+        ACC(np.ones(2), np.ones(2), reduction="avg")
+
+
+def test_with_defaults_returns_new_loss():
+    other = ACC.with_defaults(k=5.0)
+    assert other.params == {"k": 5.0} and ACC.params == {"k": 2.0}
+    assert float(other(np.array([1.0]), np.array([0.0]))) == pytest.approx(1.0)
+    assert float(other(np.array([0.0]), np.array([1.0]))) == pytest.approx(6.0)
+    with pytest.raises(TypeError, match="unknown param 'q'"):
+        ACC.with_defaults(q=1.0)
+
+
+def test_pretty_shows_loss_and_gradient():
+    text = weighted_sq.pretty()
+    assert "weighted_sq(p, y; w_pos)" in text and "dweighted_sq/dp" in text
+
+
+def test_compile_cache_is_thread_safe_and_compiles_once():
+    fresh = cl.define("fresh_thread_loss", "(p - y)**4 * k + p*y", inputs=("p", "y"), params={"k": 0.5})
+    before = loss_module.kernel_builds
+    x = np.linspace(-1, 1, 101)
+    t = np.cos(x)
+    results: list = [None] * 8
+    barrier = threading.Barrier(8)
+
+    def work(i):
+        barrier.wait()
+        results[i] = fresh(x, t, reduction="none")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert loss_module.kernel_builds - before == 1
+    ref = (x - t) ** 4 * 0.5 + x * t
+    for r in results:
+        np.testing.assert_allclose(r, ref, rtol=1e-12)
+
+
+def test_same_mathematics_shares_kernels():
+    a = cl.define("share_a", "(p - y)**6 + 3*k", inputs=("p", "y"), params={"k": 0.5})
+    a(np.ones(2), np.zeros(2))
+    before = loss_module.kernel_builds
+    b = cl.define("share_b", "(p - y)**6 + 3*k", inputs=("p", "y"), params={"k": 9.0})
+    assert float(b(np.ones(2), np.zeros(2))) == pytest.approx(28.0)
+    assert loss_module.kernel_builds == before
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, customloss; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

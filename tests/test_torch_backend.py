@@ -1,0 +1,314 @@
+"""Torch backend: values against torch.nn.functional, autograd against gradcheck,
+stability at extreme logits, dtypes, devices and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import customloss as cl
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+LOGITS = [-1e4, -100.0, -30.0, -5.0, 0.0, 5.0, 30.0, 100.0, 1e4]
+
+NAIVE_BCE = cl.define(
+    "naive_bce", "-(y*log(sigmoid(x)) + (1 - y)*log(1 - sigmoid(x)))", inputs=("x", "y")
+)
+MSE = cl.define("mse_t", "(p - y)**2", inputs=("p", "y"))
+FOCAL = cl.define(
+    "focal_t",
+    "(a*y + (1-a)*(1-y)) * -(y*log(sigmoid(x)) + (1-y)*log(1-sigmoid(x)))"
+    " * (1 - (sigmoid(x)*y + (1-sigmoid(x))*(1-y)))**g",
+    inputs=("x", "y"),
+    params={"a": 0.25, "g": 2.0},
+)
+
+
+@cl.loss(params={"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05})
+def asl(x, y, gamma_pos, gamma_neg, clip):
+    p = cl.sigmoid(x)
+    p_m = cl.maximum(p - clip, 0)
+    return -(y * (1 - p) ** gamma_pos * cl.log(p)
+             + (1 - y) * p_m**gamma_neg * cl.log(1 - p_m))
+
+
+def torchvision_focal(x, y, alpha=0.25, gamma=2.0):
+    """torchvision.ops.sigmoid_focal_loss's formula, reduction='none'."""
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    p_t = p * y + (1 - p) * (1 - y)
+    loss = ce * ((1 - p_t) ** gamma)
+    return (alpha * y + (1 - alpha) * (1 - y)) * loss
+
+
+def reference_asl(x, y, gamma_pos=0.0, gamma_neg=4.0, clip=0.05):
+    """Ridnik et al. 2021, eq. for L+ / L- (official formula, elementwise)."""
+    p = torch.sigmoid(x)
+    p_m = (p - clip).clamp(min=0)
+    lpos = y * (1 - p) ** gamma_pos * torch.log(p)
+    lneg = (1 - y) * p_m**gamma_neg * torch.log(1 - p_m)
+    return -(lpos + lneg)
+
+
+# --- the acceptance table ---------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("device", DEVICES)
+def test_naive_bce_equals_bce_with_logits_at_extreme_logits(dtype, device):
+    x = torch.tensor(LOGITS, dtype=dtype, device=device).repeat(3)
+    y = torch.tensor([0.0] * 9 + [1.0] * 9 + [0.3] * 9, dtype=dtype, device=device)
+    x1 = x.clone().requires_grad_(True)
+    x2 = x.clone().requires_grad_(True)
+    ours = NAIVE_BCE(x1, y, reduction="none")
+    ref = F.binary_cross_entropy_with_logits(x2, y, reduction="none")
+    torch.testing.assert_close(ours, ref)
+    ours.sum().backward()
+    ref.sum().backward()
+    assert torch.isfinite(x1.grad).all()
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_naive_lambdify_really_fails_there():
+    """The reason for the rewrite pass: plain lambdify gives inf/nan."""
+    import sympy
+
+    f = sympy.lambdify(sorted(NAIVE_BCE.expr.free_symbols, key=lambda s: s.name),
+                       NAIVE_BCE.expr, "numpy")
+    with np.errstate(all="ignore"):
+        vals = f(np.array(LOGITS, dtype=np.float32), np.full(9, 0.3, dtype=np.float32))
+    assert not np.isfinite(vals).all()
+
+
+# --- reference values ----------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_mse_equals_f_mse_loss(reduction):
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, 5, dtype=torch.float64)
+    x2 = x.detach().clone().requires_grad_(True)
+    ours = MSE(x, y, reduction=reduction)
+    ref = F.mse_loss(x2, y, reduction=reduction)
+    torch.testing.assert_close(ours, ref)
+    ours.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 1.0, 2.0, 5.0])
+def test_focal_matches_torchvision_formula_and_stays_finite(gamma):
+    x = torch.tensor(LOGITS + [-3.0, -1.0, 2.0, 12.0], dtype=torch.float64)
+    y = torch.tensor([1.0, 0.0] * 6 + [1.0], dtype=torch.float64)
+    x1 = x.clone().requires_grad_(True)
+    ours = FOCAL(x1, y, g=gamma, reduction="none")
+    ours.sum().backward()
+    assert torch.isfinite(ours).all() and torch.isfinite(x1.grad).all()
+    moderate = x.abs() <= 30
+    x2 = x[moderate].clone().requires_grad_(True)
+    ref = torchvision_focal(x2, y[moderate], gamma=gamma)
+    ref.sum().backward()
+    torch.testing.assert_close(ours[moderate], ref.detach())
+    torch.testing.assert_close(x1.grad[moderate], x2.grad)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 1.0, 2.0, 5.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_focal_gradient_reaches_analytic_limit_when_confident(gamma, dtype):
+    """At p_t -> 1 the focal gradient tends to 0 for every gamma >= 0."""
+    x = torch.tensor([40.0, 100.0, 1e4, -40.0, -100.0, -1e4], dtype=dtype, requires_grad=True)
+    y = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], dtype=dtype)
+    FOCAL(x, y, g=gamma, reduction="sum").backward()
+    assert torch.isfinite(x.grad).all()
+    assert x.grad.abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("gamma_neg", [4.0, 0.5, 0.25])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_asymmetric_loss_trap_below_clip(gamma_neg, dtype):
+    """The naive derivative of max(p - clip, 0)**g gives 0/0 below the clip."""
+    x = torch.linspace(-20, 8, 57, dtype=dtype)
+    y = (torch.arange(57) % 3 == 0).to(dtype)
+    x1 = x.clone().requires_grad_(True)
+    ours = asl(x1, y, gamma_neg=gamma_neg, reduction="none")
+    ours.sum().backward()
+    assert torch.isfinite(x1.grad).all()
+    torch.testing.assert_close(ours, reference_asl(x, y, gamma_neg=gamma_neg))
+    # reference gradient where the clip is not active at exactly 0 (autograd is fine there)
+    x2 = x.clone().requires_grad_(True)
+    ref = reference_asl(x2, y, gamma_neg=gamma_neg)
+    ref.sum().backward()
+    active = torch.sigmoid(x) > 0.05
+    torch.testing.assert_close(x1.grad[active], x2.grad[active])
+    below = (~active) & (y == 0)
+    assert (x1.grad[below] == 0).all()  # p_m is constant 0 there
+
+
+# --- autograd ------------------------------------------------------------------
+def test_gradcheck_and_gradgradcheck_all_arguments():
+    torch.manual_seed(0)
+    x = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(7, dtype=torch.float64, requires_grad=True)
+    g = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    a = torch.full((7,), 0.3, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(7, dtype=torch.float64, requires_grad=True)
+    for red in ("mean", "sum", "none"):
+        fn = lambda x, y, g, a, w, red=red: FOCAL(x, y, g=g, a=a, weight=w, reduction=red)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x, y, g, a, w))
+        assert torch.autograd.gradgradcheck(fn, (x, y, g, a, w))
+
+
+def test_broadcast_param_gradient_is_summed():
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(5, 3, dtype=torch.float64)
+    k = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    loss = cl.define("kw", "k * (p - y)**2", inputs=("p", "y"), params={"k": 1.0})
+    assert torch.autograd.gradcheck(lambda x, k: loss(x, y, k=k), (x, k))
+    v = loss(x, y, k=k)
+    v.backward()
+    ref = ((x.detach() - y) ** 2).mean(0) * 5 / 15
+    torch.testing.assert_close(k.grad, ref)
+
+
+def test_fused_forward_gradient_equals_recomputed_one():
+    x = torch.randn(50, dtype=torch.float64)
+    y = torch.rand(50, dtype=torch.float64)
+    x1 = x.clone().requires_grad_(True)
+    FOCAL(x1, y).backward()  # only the input needs grad: fused path
+    x2 = x.clone().requires_grad_(True)
+    y2 = y.clone().requires_grad_(True)
+    FOCAL(x2, y2).backward()  # target needs grad too: recompute path
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_second_order_through_create_graph():
+    x = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(6, dtype=torch.float64)
+    (g,) = torch.autograd.grad(NAIVE_BCE(x, y, reduction="sum"), x, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), x)
+    s = torch.sigmoid(x.detach())
+    torch.testing.assert_close(g.detach(), s - y)
+    torch.testing.assert_close(h, s * (1 - s))
+
+
+# --- weights, reductions, dtypes, devices ------------------------------------------
+def test_weight_semantics():
+    x = torch.randn(4, 3, dtype=torch.float64)
+    y = torch.randn(4, 3, dtype=torch.float64)
+    w = torch.rand(3, dtype=torch.float64)
+    l_el = (x - y) ** 2
+    torch.testing.assert_close(MSE(x, y, weight=w), (w * l_el).mean())
+    torch.testing.assert_close(MSE(x, y, weight=w, reduction="sum"), (w * l_el).sum())
+    torch.testing.assert_close(MSE(x, y, weight=w, reduction="none"), w * l_el)
+    with pytest.raises(ValueError, match=r"weight has shape \(4,\)"):
+        MSE(x, y, weight=torch.ones(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("device", DEVICES)
+def test_dtypes_follow_the_input(dtype, device):
+    torch.manual_seed(1)
+    x64 = torch.randn(64, dtype=torch.float64) * 4
+    y64 = (torch.rand(64) > 0.5).double()
+    x = x64.to(device=device, dtype=dtype).requires_grad_(True)
+    y = y64.to(device=device, dtype=dtype)
+    v = FOCAL(x, y, reduction="none")
+    v.sum().backward()
+    assert v.dtype == dtype and x.grad.dtype == dtype and v.device.type == device
+    xr = x.detach().double().cpu().requires_grad_(True)
+    ref = torchvision_focal(xr, y.double().cpu())
+    ref.sum().backward()
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5, torch.float64: 1e-10}[dtype]
+    torch.testing.assert_close(v.double().cpu(), ref.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(x.grad.double().cpu(), xr.grad, rtol=tol, atol=tol)
+
+
+def test_nan_input_propagates_nan():
+    x = torch.tensor([0.5, float("nan")], requires_grad=True)
+    v = NAIVE_BCE(x, torch.tensor([1.0, 1.0]), reduction="none")
+    assert torch.isnan(v[1]) and not torch.isnan(v[0])
+
+
+def test_empty_and_scalar_inputs():
+    e = MSE(torch.empty(0), torch.empty(0), reduction="sum")
+    assert e.item() == 0.0
+    s = MSE(torch.tensor(3.0), torch.tensor(1.0))
+    assert s.shape == () and s.item() == 4.0
+
+
+# --- errors --------------------------------------------------------------------------
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"input shape \(4, 1\) and target shape \(4,\)"):
+        MSE(torch.zeros(4, 1), torch.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_integer_or_bool_prediction_is_refused(dtype):
+    with pytest.raises(TypeError, match="floating-point"):
+        MSE(torch.zeros(3, dtype=dtype), torch.zeros(3))
+
+
+def test_target_on_another_device_is_named():
+    with pytest.raises(ValueError, match="target is on device meta but input is on cpu"):
+        MSE(torch.zeros(3), torch.zeros(3, device="meta"))
+
+
+def test_param_that_would_enlarge_the_output_is_refused():
+    with pytest.raises(ValueError, match=r"param 'a' has shape \(2, 3\)"):
+        FOCAL(torch.zeros(3), torch.zeros(3), a=torch.ones(2, 3))
+
+
+def test_errors_raised_before_any_work(monkeypatch):
+    from customloss import torch_backend
+
+    def boom(*a, **k):
+        raise AssertionError("computation started")
+
+    monkeypatch.setattr(torch_backend.LossFunction, "apply", boom)
+    with pytest.raises(TypeError, match="unknown param"):
+        FOCAL(torch.zeros(3), torch.zeros(3), b=1.0)
+    with pytest.raises(ValueError, match="reduction"):
+        FOCAL(torch.zeros(3), torch.zeros(3), reduction="max")
+    with pytest.raises(ValueError, match="same shape"):
+        FOCAL(torch.zeros(3), torch.zeros(2))
+
+
+# --- the nn.Module ----------------------------------------------------------------------
+def test_module_buffers_and_overrides():
+    crit = FOCAL.torch(g=1.0)
+    assert isinstance(crit, torch.nn.Module)
+    assert set(dict(crit.named_buffers())) == {"a", "g"}
+    assert crit.g.item() == 1.0
+    x = torch.randn(10, dtype=torch.float64)
+    y = (torch.rand(10) > 0.5).double()
+    torch.testing.assert_close(crit(x, y), torchvision_focal(x, y, gamma=1.0).mean())
+    torch.testing.assert_close(crit(x, y, g=3.0), torchvision_focal(x, y, gamma=3.0).mean())
+    sd = crit.state_dict()
+    assert set(sd) == {"a", "g"}
+    with pytest.raises(TypeError, match="unknown param 'q'"):
+        FOCAL.torch(q=1.0)
+    none = FOCAL.torch(reduction="none")
+    assert none(x, y).shape == (10,)
+
+
+# --- NumPy == Torch, property-based ---------------------------------------------------
+floats = st.floats(-50, 50, allow_nan=False, width=64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    x=arrays(np.float64, st.integers(1, 20), elements=floats),
+    g=st.floats(0, 5),
+    a=st.floats(0, 1),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+)
+def test_numpy_equals_torch(x, g, a, reduction):
+    y = (np.arange(x.size) % 2).astype(np.float64)
+    n = FOCAL(x, y, g=g, a=a, reduction=reduction)
+    t = FOCAL(torch.from_numpy(x), torch.from_numpy(y), g=g, a=a, reduction=reduction)
+    np.testing.assert_allclose(np.asarray(n), t.numpy(), rtol=1e-10, atol=1e-300)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    FOCAL(xt, torch.from_numpy(y), g=g, a=a, reduction="sum").backward()
+    np.testing.assert_allclose(FOCAL.gradient(x, y, g=g, a=a, reduction="sum"), xt.grad.numpy(),
+                               rtol=1e-9, atol=1e-300)
