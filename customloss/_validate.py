@@ -27,13 +27,11 @@ def check_same_shape(input_shape: Sequence[int], target_shape: Sequence[int]) ->
         )
 
 
-def check_broadcasts_to(
-    what: str, shape: Sequence[int], target: Sequence[int]
-) -> None:
+def check_broadcasts_to(what: str, shape: Sequence[int], target: Sequence[int]) -> None:
     """A param or weight may broadcast *to* the input shape but never enlarge it."""
     shape, target = tuple(shape), tuple(target)
     ok = len(shape) <= len(target) and all(
-        s in (1, t) for s, t in zip(reversed(shape), reversed(target))
+        s in (1, t) for s, t in zip(reversed(shape), reversed(target), strict=False)
     )
     if not ok:
         raise ValueError(
@@ -48,9 +46,7 @@ def resolve_params(
     for k in overrides:
         if k not in defaults:
             valid = ", ".join(defaults) or "none"
-            raise TypeError(
-                f"loss {loss_name!r} got an unknown param {k!r}; valid params: {valid}"
-            )
+            raise TypeError(f"loss {loss_name!r} got an unknown param {k!r}; valid params: {valid}")
     values = {**defaults, **overrides}
     missing = [k for k, v in values.items() if v is None]
     if missing:

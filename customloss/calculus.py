@@ -184,7 +184,7 @@ def _rule_add(e: sympy.Add) -> sympy.Expr:
             else:
                 rest.append(t)
         if len(sig_terms) >= 2 and sympy.expand(sympy.Add(*coeffs)) == 1:
-            flipped = [c * Sigmoid(-s.args[0]) for c, s in zip(coeffs, sig_terms)]
+            flipped = [c * Sigmoid(-s.args[0]) for c, s in zip(coeffs, sig_terms, strict=False)]
             return sympy.Add(*flipped, *rest)
     # exp(u) - 1 -> expm1(u)
     if const and const[0] == sympy.S.NegativeOne:
@@ -289,9 +289,7 @@ def _tidy(expr: sympy.Expr) -> sympy.Expr:
     return stabilize(sympy.powsimp(expr, deep=True, combine="exp"))
 
 
-def stable_derivatives(
-    stable_expr: sympy.Expr, wrt: Iterable[sympy.Symbol]
-) -> list[sympy.Expr]:
+def stable_derivatives(stable_expr: sympy.Expr, wrt: Iterable[sympy.Symbol]) -> list[sympy.Expr]:
     """Derivatives of an already-stabilised expression, themselves stable.
 
     Args:

@@ -131,7 +131,9 @@ class KernelPrinter(StrPrinter):
         last_val, last_cond = pieces[-1]
         if last_cond != sympy.true:
             # no 'otherwise' branch: undefined there, as in SymPy -> nan
-            out = f"R.where({self._print(last_cond)}, {self._print(last_val)}, math.nan, {self._ref})"
+            out = (
+                f"R.where({self._print(last_cond)}, {self._print(last_val)}, math.nan, {self._ref})"
+            )
         else:
             out = self._print(last_val)
         for val, cond in reversed(pieces[:-1]):
@@ -199,8 +201,9 @@ def generate_kernel(
     global _counter
     reserved = {"R", "math"}
     names = {
-        s: s.name if s.name.isidentifier() and s.name not in reserved
-        and not s.name.startswith("_") else f"_a{i}"
+        s: s.name
+        if s.name.isidentifier() and s.name not in reserved and not s.name.startswith("_")
+        else f"_a{i}"
         for i, s in enumerate(args)
     }
     ref = names[shape_args[0]] if shape_args else "a0"
@@ -228,7 +231,7 @@ def generate_kernel(
         filename = f"<customloss-kernel-{_counter} {name}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict[str, Any] = {"R": runtime, "math": math}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated code
+    exec(compile(source, filename, "exec"), namespace)
     return Kernel(namespace[ident], source, tuple(lbl for lbl, _ in outputs))
 
 

@@ -67,7 +67,7 @@ def sqrt(x: ExprLike) -> sympy.Expr:
     return sympy.sqrt(_sym(x))
 
 
-def abs(x: ExprLike) -> sympy.Expr:  # noqa: A001 - the DSL name users write
+def abs(x: ExprLike) -> sympy.Expr:
     """Absolute value (``sympy.Abs``)."""
     return sympy.Abs(_sym(x))
 
@@ -131,8 +131,11 @@ def where(condition: Any, if_true: ExprLike, if_false: ExprLike) -> sympy.Expr:
     """
     ok = isinstance(
         condition,
-        (sympy.core.relational.Relational, sympy.logic.boolalg.BooleanFunction,
-         sympy.logic.boolalg.BooleanAtom),
+        (
+            sympy.core.relational.Relational,
+            sympy.logic.boolalg.BooleanFunction,
+            sympy.logic.boolalg.BooleanAtom,
+        ),
     )
     if not ok:
         raise TypeError(

@@ -110,8 +110,10 @@ class Loss:
         source_text: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ValueError(f"loss name {name!r} must start with a letter or '_' "
-                             "and contain only letters, digits, '_', '.', '-'")
+            raise ValueError(
+                f"loss name {name!r} must start with a letter or '_' "
+                "and contain only letters, digits, '_', '.', '-'"
+            )
         inputs = tuple(inputs)
         if len(inputs) != 2:
             raise ValueError(
@@ -129,14 +131,16 @@ class Loss:
                 "class-axis losses (classes=True) are not available in this version yet"
             )
         if not isinstance(expr, sympy.Expr):
-            raise TypeError(
-                f"loss {name!r} must be a SymPy expression, got {type(expr).__name__}"
-            )
+            raise TypeError(f"loss {name!r} must be a SymPy expression, got {type(expr).__name__}")
         expr = sympy.sympify(expr)
         known = {n: dsl.symbol(n) for n in (*inputs, *params)}
         by_name = {s.name: s for s in known.values()}
         # Symbols users built themselves (sympy.Symbol("p")) are mapped onto ours.
-        foreign = {s: by_name[s.name] for s in expr.free_symbols if s.name in by_name and s not in known.values()}
+        foreign = {
+            s: by_name[s.name]
+            for s in expr.free_symbols
+            if s.name in by_name and s not in known.values()
+        }
         if foreign:
             expr = expr.xreplace(foreign)
         unknown = sorted(s.name for s in expr.free_symbols if s.name not in by_name)
@@ -208,7 +212,9 @@ class Loss:
         )
 
     # -- code generation ----------------------------------------------------
-    def _kernel(self, backend: str, wrt: tuple[str, ...], value: bool | None = None) -> codegen.Kernel:
+    def _kernel(
+        self, backend: str, wrt: tuple[str, ...], value: bool | None = None
+    ) -> codegen.Kernel:
         """The generated kernel returning the value (if requested) and derivatives."""
         if value is None:
             value = not wrt
@@ -222,7 +228,10 @@ class Loss:
             args = [self._symbols[n] for n in (*self.inputs, *self.params)]
             kernel_builds += 1
             return codegen.generate_kernel(
-                "_".join([self.name, backend, *[lbl for lbl, _ in outs]]), args, outs, runtime,
+                "_".join([self.name, backend, *[lbl for lbl, _ in outs]]),
+                args,
+                outs,
+                runtime,
                 shape_args=[self._symbols[n] for n in self.inputs],
             )
 
@@ -239,8 +248,10 @@ class Loss:
         if backend not in ("torch", "numpy"):
             raise ValueError(f"unknown backend {backend!r}; valid backends are 'torch', 'numpy'")
         if wrt is None:
-            parts = [self._kernel(backend, ()).source,
-                     self._kernel(backend, (self.inputs[0],), value=True).source]
+            parts = [
+                self._kernel(backend, ()).source,
+                self._kernel(backend, (self.inputs[0],), value=True).source,
+            ]
             return "\n".join(parts)
         for n in wrt:
             self._symbol(n)
@@ -334,7 +345,9 @@ class Loss:
         for k in params:
             if k not in self.params:
                 valid = ", ".join(self.params) or "none"
-                raise TypeError(f"loss {self.name!r} got an unknown param {k!r}; valid params: {valid}")
+                raise TypeError(
+                    f"loss {self.name!r} got an unknown param {k!r}; valid params: {valid}"
+                )
         new = object.__new__(Loss)
         new.__dict__.update(self.__dict__)
         new.params = {**self.params, **{k: _normalise_default(k, v) for k, v in params.items()}}
@@ -405,7 +418,9 @@ def loss(
         argnames = []
         for p in sig.parameters.values():
             if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-                raise TypeError(f"loss function {fn.__name__!r}: argument {p.name!r} must be positional")
+                raise TypeError(
+                    f"loss function {fn.__name__!r}: argument {p.name!r} must be positional"
+                )
             argnames.append(p.name)
         if len(argnames) < 2:
             raise TypeError(
@@ -476,6 +491,12 @@ def define(
     params = dict(params or {})
     expr = parse.parse_expression(source, symbols=[*inputs, *params])
     return Loss(
-        name, expr, inputs=inputs, params=params, classes=classes, doc=doc,
-        references=references, source_text=source,
+        name,
+        expr,
+        inputs=inputs,
+        params=params,
+        classes=classes,
+        doc=doc,
+        references=references,
+        source_text=source,
     )

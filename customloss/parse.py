@@ -42,7 +42,11 @@ class Limits:
 LIMITS = Limits()
 
 _BINOPS = {
-    ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**",
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Mult: "*",
+    ast.Div: "/",
+    ast.Pow: "**",
 }
 _REFUSED_NAMES = {
     ast.Attribute: "attribute access",
@@ -67,13 +71,21 @@ _REFUSED_NAMES = {
 }
 _CONSTANTS = {"pi": sympy.pi, "E": sympy.E}
 _COMPARE = {
-    ast.Lt: sympy.Lt, ast.LtE: sympy.Le, ast.Gt: sympy.Gt, ast.GtE: sympy.Ge,
-    ast.Eq: sympy.Eq, ast.NotEq: sympy.Ne,
+    ast.Lt: sympy.Lt,
+    ast.LtE: sympy.Le,
+    ast.Gt: sympy.Gt,
+    ast.GtE: sympy.Ge,
+    ast.Eq: sympy.Eq,
+    ast.NotEq: sympy.Ne,
 }
 
 
 def _fail(msg: str, node: ast.AST | None = None) -> ValueError:
-    where = f" (column {node.col_offset + 1})" if node is not None and hasattr(node, "col_offset") else ""
+    where = (
+        f" (column {node.col_offset + 1})"
+        if node is not None and hasattr(node, "col_offset")
+        else ""
+    )
     return ValueError(msg + where)
 
 
@@ -130,12 +142,16 @@ def _check_tree(tree: ast.Expression, names: set[str], limits: Limits) -> None:
         else:
             raise _fail(f"{type(node).__name__} not allowed in a loss expression", node)
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.expr_context)):
+            if isinstance(
+                child, (ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.expr_context)
+            ):
                 continue
             # a long sum/product is a left-leaning chain, not deep nesting
             same_chain = (
-                isinstance(node, ast.BinOp) and child is node.left
-                and isinstance(child, ast.BinOp) and _group(child.op) == _group(node.op)
+                isinstance(node, ast.BinOp)
+                and child is node.left
+                and isinstance(child, ast.BinOp)
+                and _group(child.op) == _group(node.op)
                 and _group(node.op) is not None
             )
             stack.append((child, depth if same_chain else depth + 1))
@@ -168,13 +184,19 @@ def _const_value(node: ast.AST, limits: Limits) -> float | None:
             return None
         try:
             if isinstance(node.op, ast.Pow):
-                if a != 0 and abs(b) * math.log10(max(abs(a), 1e-300)) > math.log10(limits.max_constant):
+                if a != 0 and abs(b) * math.log10(max(abs(a), 1e-300)) > math.log10(
+                    limits.max_constant
+                ):
                     raise ValueError
                 v = a**b
                 if isinstance(v, complex):
                     raise _fail("constant power has a complex value", node)
             else:
-                v = {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}.get(type(node.op)) if not isinstance(node.op, ast.Div) else a / b
+                v = (
+                    {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}.get(type(node.op))
+                    if not isinstance(node.op, ast.Div)
+                    else a / b
+                )
         except (OverflowError, ValueError):
             raise _fail("constant too large in loss expression", node) from None
         except ZeroDivisionError:
@@ -188,9 +210,7 @@ def _const_value(node: ast.AST, limits: Limits) -> float | None:
 def _check_power(node: ast.BinOp, limits: Limits) -> None:
     exponent = _const_value(node.right, limits)
     if exponent is not None and abs(exponent) > limits.max_exponent:
-        raise _fail(
-            f"exponent {exponent:g} too large (limit {limits.max_exponent:g})", node
-        )
+        raise _fail(f"exponent {exponent:g} too large (limit {limits.max_exponent:g})", node)
     _const_value(node, limits)  # refuses a constant power whose value is too large
 
 
@@ -240,7 +260,7 @@ def _to_sympy(node: ast.AST, syms: dict[str, sympy.Symbol]) -> sympy.Basic:
     if isinstance(node, ast.Compare):
         parts = []
         left = _to_sympy(node.left, syms)
-        for op, comp in zip(node.ops, node.comparators):
+        for op, comp in zip(node.ops, node.comparators, strict=False):
             right = _to_sympy(comp, syms)
             parts.append(_COMPARE[type(op)](left, right))
             left = right
@@ -251,9 +271,7 @@ def _to_sympy(node: ast.AST, syms: dict[str, sympy.Symbol]) -> sympy.Basic:
     raise _fail(f"{type(node).__name__} not allowed in a loss expression", node)
 
 
-def parse_expression(
-    source: str, *, symbols: Iterable[str], limits: Limits = LIMITS
-) -> sympy.Expr:
+def parse_expression(source: str, *, symbols: Iterable[str], limits: Limits = LIMITS) -> sympy.Expr:
     """Parse a loss expression safely.
 
     Args:
@@ -270,7 +288,9 @@ def parse_expression(
     if not isinstance(source, str):
         raise TypeError(f"loss source must be a string, got {type(source).__name__}")
     if len(source) > limits.max_length:
-        raise ValueError(f"loss source too long: {len(source)} characters (limit {limits.max_length})")
+        raise ValueError(
+            f"loss source too long: {len(source)} characters (limit {limits.max_length})"
+        )
     if not source.strip():
         raise ValueError("loss source is empty")
     names = set(symbols)

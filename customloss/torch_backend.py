@@ -101,8 +101,10 @@ class _TorchOps:
         if not isinstance(b, torch.Tensor):
             return torch.pow(b, e)
         tiny = torch.finfo(b.dtype).tiny
-        guard = (b.abs() < tiny) & (e < 0) if isinstance(e, torch.Tensor) else (
-            b.abs() < tiny if e < 0 else None
+        guard = (
+            (b.abs() < tiny) & (e < 0)
+            if isinstance(e, torch.Tensor)
+            else (b.abs() < tiny if e < 0 else None)
         )
         if guard is not None:
             b = torch.where(guard, torch.full_like(b, tiny), b)
@@ -137,14 +139,25 @@ class LossFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, loss: Loss, reduction: str, weight: torch.Tensor | None,
-                input: torch.Tensor, target: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        loss: Loss,
+        reduction: str,
+        weight: torch.Tensor | None,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        *params: torch.Tensor,
+    ) -> torch.Tensor:
         cdt = torch.float32 if input.dtype in _HALF else input.dtype
         args = [a.to(cdt) for a in (input, target, *params)]
         w = weight.to(cdt) if weight is not None else None
         pred = loss.inputs[0]
         # needs_input_grad: (loss, reduction, weight, input, target, *params)
-        only_input = ctx.needs_input_grad[3] and not any(ctx.needs_input_grad[4:]) and not ctx.needs_input_grad[2]
+        only_input = (
+            ctx.needs_input_grad[3]
+            and not any(ctx.needs_input_grad[4:])
+            and not ctx.needs_input_grad[2]
+        )
         if only_input:
             kernel = loss._kernel("torch", (pred,), value=True)
             values, dinput = fast.kernel_callable(kernel, tuple(args))(*args)
@@ -172,7 +185,7 @@ class LossFunction(torch.autograd.Function):
         loss, cdt = ctx.loss, ctx.cdt
         names = [*loss.inputs, *loss.params]
         needs = ctx.needs_input_grad
-        wrt = tuple(n for n, need in zip(names, needs[3:]) if need)
+        wrt = tuple(n for n, need in zip(names, needs[3:], strict=False) if need)
         want_w = ctx.has_weight and needs[2]
         numel = input.numel()
         g = gout.to(cdt)
@@ -187,11 +200,11 @@ class LossFunction(torch.autograd.Function):
             args = [a.to(cdt) for a in (input, target, *params)]
             outs = loss._kernel("torch", wrt, value=want_w).fn(*args) if (wrt or want_w) else ()
             value = outs[0] if want_w else None
-            grads = dict(zip(wrt, outs[1:] if want_w else outs))
+            grads = dict(zip(wrt, outs[1:] if want_w else outs, strict=False))
         result: list[torch.Tensor | None] = [None, None, None]
         if want_w:
             result[2] = _sum_to(value * g, weight.shape).to(weight.dtype)
-        for n, t in zip(names, (input, target, *params)):
+        for n, t in zip(names, (input, target, *params), strict=False):
             if n in grads:
                 result.append(_sum_to(grads[n] * scale, t.shape).to(t.dtype))
             else:
@@ -201,12 +214,15 @@ class LossFunction(torch.autograd.Function):
 
 def _check_tensor(x: Any, what: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor when the input is one, got {type(x).__name__}")
+        raise TypeError(
+            f"{what} must be a torch.Tensor when the input is one, got {type(x).__name__}"
+        )
     return x
 
 
-def _prepare(loss: Loss, input: Any, target: Any, weight: Any, params: dict[str, Any]
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+def _prepare(
+    loss: Loss, input: Any, target: Any, weight: Any, params: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
     input = _check_tensor(input, "input")
     if not input.is_floating_point():
         raise TypeError(
@@ -218,9 +234,7 @@ def _prepare(loss: Loss, input: Any, target: Any, weight: Any, params: dict[str,
     if target.is_complex() or input.is_complex():
         raise TypeError("complex tensors are not supported")
     if target.device != input.device:
-        raise ValueError(
-            f"target is on device {target.device} but input is on {input.device}"
-        )
+        raise ValueError(f"target is on device {target.device} but input is on {input.device}")
     _validate.check_same_shape(input.shape, target.shape)
     if not target.is_floating_point():
         target = target.to(input.dtype)
@@ -240,14 +254,23 @@ def _prepare(loss: Loss, input: Any, target: Any, weight: Any, params: dict[str,
         ps.append(t)
     w = None
     if weight is not None:
-        w = weight if isinstance(weight, torch.Tensor) else torch.as_tensor(weight, dtype=input.dtype)
-        w = w.to(input.device) if w.is_floating_point() else w.to(device=input.device, dtype=input.dtype)
+        w = (
+            weight
+            if isinstance(weight, torch.Tensor)
+            else torch.as_tensor(weight, dtype=input.dtype)
+        )
+        w = (
+            w.to(input.device)
+            if w.is_floating_point()
+            else w.to(device=input.device, dtype=input.dtype)
+        )
         _validate.check_broadcasts_to("weight", w.shape, input.shape)
     return input, target, w, ps
 
 
-def evaluate(loss: Loss, input: Any, target: Any, *, reduction: str, weight: Any,
-             params: dict[str, Any]) -> torch.Tensor:
+def evaluate(
+    loss: Loss, input: Any, target: Any, *, reduction: str, weight: Any, params: dict[str, Any]
+) -> torch.Tensor:
     """Evaluate ``loss`` on tensors (see ``Loss.__call__``)."""
     input, target, w, ps = _prepare(loss, input, target, weight, params)
     return LossFunction.apply(loss, reduction, w, input, target, *ps)
@@ -266,7 +289,9 @@ class LossModule(torch.nn.Module):
         for k in params:
             if k not in loss.params:
                 valid = ", ".join(loss.params) or "none"
-                raise TypeError(f"loss {loss.name!r} got an unknown param {k!r}; valid params: {valid}")
+                raise TypeError(
+                    f"loss {loss.name!r} got an unknown param {k!r}; valid params: {valid}"
+                )
         self.loss = loss
         self.reduction = reduction
         self._required: list[str] = []
@@ -277,8 +302,14 @@ class LossModule(torch.nn.Module):
                 continue
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.get_default_dtype()))
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, *,
-                weight: torch.Tensor | None = None, **overrides: Any) -> torch.Tensor:
+    def forward(
+        self,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        weight: torch.Tensor | None = None,
+        **overrides: Any,
+    ) -> torch.Tensor:
         values = {n: getattr(self, n) for n in self.loss.params if n not in self._required}
         values.update(overrides)
         return self.loss(input, target, reduction=self.reduction, weight=weight, **values)

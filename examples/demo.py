@@ -35,8 +35,9 @@ def cross_entropy_demo() -> None:
     print("=" * 72)
     print("2. Cross-entropy, cat 0.6 / dog 0.4, truth = cat")
     print("=" * 72)
-    ce = cl.define("ce_terms", "-y * log(q)", inputs=("q", "y"),
-                   doc="Per-class cross-entropy term -y log q.")
+    ce = cl.define(
+        "ce_terms", "-y * log(q)", inputs=("q", "y"), doc="Per-class cross-entropy term -y log q."
+    )
     q = np.array([0.6, 0.4])  # predicted probabilities: cat, dog
     y = np.array([1.0, 0.0])  # truth: cat
     value = ce(q, y, reduction="sum")
@@ -59,8 +60,10 @@ def linear_regression_demo() -> None:
         w -= lr * float(np.sum(g * x))
         b -= lr * float(np.sum(g))
         if epoch in (0, 99, 999, 9_999):
-            print(f"epoch {epoch + 1:>6}: w = {w:.4f}, b = {b:.4f}, "
-                  f"loss = {float(mse(w * x + b, y)):.3e}")
+            print(
+                f"epoch {epoch + 1:>6}: w = {w:.4f}, b = {b:.4f}, "
+                f"loss = {float(mse(w * x + b, y)):.3e}"
+            )
     print(f"fit: w = {w:.4f}, b = {b:.4f}   (truth: w = 1.04, b = -0.1)")
 
 

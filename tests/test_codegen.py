@@ -38,23 +38,28 @@ def test_generated_kernels_match_sympy_lambdify(expr):
     xs = np.linspace(-3, 3, 13)
     ys = np.cos(xs) * 2
     kv = np.full_like(xs, 1.5)
-    for runtime, conv in ((numpy_backend.RUNTIME, np.asarray), (torch_backend.RUNTIME, torch.from_numpy)):
+    for runtime, conv in (
+        (numpy_backend.RUNTIME, np.asarray),
+        (torch_backend.RUNTIME, torch.from_numpy),
+    ):
         kern = codegen.generate_kernel("t", args, [("v", expr)], runtime, shape_args=[x, y])
         (out,) = kern.fn(conv(xs), conv(ys), conv(kv))
         np.testing.assert_allclose(np.asarray(out), ref(xs, ys, kv), rtol=1e-12)
 
 
 def test_constant_output_is_broadcast_to_the_input_shape():
-    kern = codegen.generate_kernel("c", [x, y], [("v", sympy.Integer(3))],
-                                   numpy_backend.RUNTIME, shape_args=[x, y])
+    kern = codegen.generate_kernel(
+        "c", [x, y], [("v", sympy.Integer(3))], numpy_backend.RUNTIME, shape_args=[x, y]
+    )
     (out,) = kern.fn(np.zeros((2, 3)), np.zeros((2, 3)))
     assert out.shape == (2, 3) and (out == 3).all()
 
 
 def test_common_subexpressions_are_shared():
     e = sympy.log(1 + x**2 * y**2) + sympy.log(1 + x**2 * y**2) ** 2
-    kern = codegen.generate_kernel("cse", [x, y], [("v", e), ("d", sympy.diff(e, x))],
-                                   numpy_backend.RUNTIME)
+    kern = codegen.generate_kernel(
+        "cse", [x, y], [("v", e), ("d", sympy.diff(e, x))], numpy_backend.RUNTIME
+    )
     assert kern.source.count("R.log1p(") + kern.source.count("R.log(") == 1
 
 

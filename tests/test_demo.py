@@ -11,8 +11,9 @@ DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 
 
 def test_demo_reproduces_seed_examples():
-    out = subprocess.run([sys.executable, str(DEMO)], capture_output=True, text=True,
-                         check=True, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, str(DEMO)], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
     assert "-log 0.6 = 0.5108  ->  0.51" in out
     assert re.search(r"fit: w = 1\.0400, b = -0\.1000", out)
     assert "dweighted_sq/dp" in out

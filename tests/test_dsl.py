@@ -35,8 +35,16 @@ def test_functions_match_closed_forms(fn, ref, v):
 
 
 def test_functions_are_plain_sympy():
-    allowed = (sympy.exp, sympy.log, sympy.Abs, sympy.Max, sympy.Min, sympy.Piecewise,
-               sympy.tanh, sympy.cosh)
+    allowed = (
+        sympy.exp,
+        sympy.log,
+        sympy.Abs,
+        sympy.Max,
+        sympy.Min,
+        sympy.Piecewise,
+        sympy.tanh,
+        sympy.cosh,
+    )
     for fn, _ in CASES:
         for f in fn(x).atoms(sympy.Function):
             assert isinstance(f, allowed), (fn, f)
@@ -69,6 +77,18 @@ def test_symbols_are_real_and_unique_per_name():
 
 def test_function_table_names_every_dsl_function():
     assert set(dsl.FUNCTIONS) == {
-        "log", "exp", "sqrt", "abs", "log1p", "tanh", "cosh", "sigmoid", "softplus",
-        "log_sigmoid", "relu", "maximum", "minimum", "where",
+        "log",
+        "exp",
+        "sqrt",
+        "abs",
+        "log1p",
+        "tanh",
+        "cosh",
+        "sigmoid",
+        "softplus",
+        "log_sigmoid",
+        "relu",
+        "maximum",
+        "minimum",
+        "where",
     }

@@ -71,7 +71,13 @@ def test_grad_lambdifies_with_math_and_matches_hand_derivation(wrt, closed_form)
 
 
 def test_second_derivative():
-    assert sympy.simplify(weighted_sq.grad("p", order=2) - 2 * (1 + (weighted_sq.symbols["w_pos"] - 1) * weighted_sq.symbols["y"])) == 0
+    assert (
+        sympy.simplify(
+            weighted_sq.grad("p", order=2)
+            - 2 * (1 + (weighted_sq.symbols["w_pos"] - 1) * weighted_sq.symbols["y"])
+        )
+        == 0
+    )
 
 
 def test_grad_wrt_symbol_object_and_unknown():
@@ -97,7 +103,10 @@ def test_naive_log_sigmoid_source_uses_stable_function():
 
 
 def test_argument_neither_input_nor_param_is_named():
-    with pytest.raises(TypeError, match="argument 'gamma' is neither an input nor a declared param"):
+    with pytest.raises(
+        TypeError, match="argument 'gamma' is neither an input nor a declared param"
+    ):
+
         @cl.loss()
         def bad(p, y, gamma):
             return (p - y) ** gamma
@@ -105,6 +114,7 @@ def test_argument_neither_input_nor_param_is_named():
 
 def test_param_not_an_argument():
     with pytest.raises(TypeError, match="param 'k' is not an argument"):
+
         @cl.loss(params={"k": 1.0})
         def bad(p, y):
             return p - y
@@ -112,14 +122,19 @@ def test_param_not_an_argument():
 
 def test_decorator_needs_sympy_result_and_two_args():
     with pytest.raises(TypeError, match="SymPy expression"):
+
         @cl.loss()
         def bad(p, y):
             return "p"
+
     with pytest.raises(TypeError, match="at least two"):
+
         @cl.loss()
         def bad2(p):
             return p
+
     with pytest.raises(TypeError, match="parentheses"):
+
         @cl.loss
         def bad3(p, y):
             return p
@@ -169,7 +184,9 @@ def test_pretty_shows_loss_and_gradient():
 
 
 def test_compile_cache_is_thread_safe_and_compiles_once():
-    fresh = cl.define("fresh_thread_loss", "(p - y)**4 * k + p*y", inputs=("p", "y"), params={"k": 0.5})
+    fresh = cl.define(
+        "fresh_thread_loss", "(p - y)**4 * k + p*y", inputs=("p", "y"), params={"k": 0.5}
+    )
     before = loss_module.kernel_builds
     x = np.linspace(-1, 1, 101)
     t = np.cos(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -26,10 +27,14 @@ def parse(s):
         ("p / 2", p / 2),
         ("log(sigmoid(p))", sympy.log(1 / (1 + sympy.exp(-p)))),
         ("maximum(p, 0) - minimum(y, k, 1)", sympy.Max(p, 0) - sympy.Min(y, k, 1)),
-        ("where(p > y, p - y, 0.5*(y - p))",
-         sympy.Piecewise((p - y, p > y), (sympy.Float(0.5) * (y - p), True))),
-        ("where(p >= 0 and y < 1, 1, 2)",
-         sympy.Piecewise((1, sympy.And(p >= 0, y < 1)), (2, True))),
+        (
+            "where(p > y, p - y, 0.5*(y - p))",
+            sympy.Piecewise((p - y, p > y), (sympy.Float(0.5) * (y - p), True)),
+        ),
+        (
+            "where(p >= 0 and y < 1, 1, 2)",
+            sympy.Piecewise((1, sympy.And(p >= 0, y < 1)), (2, True)),
+        ),
         ("pi * E * p", sympy.pi * sympy.E * p),
         ("2.5e-3 * p", sympy.Float("2.5e-3") * p),
     ],
@@ -87,8 +92,15 @@ def test_refusals_name_the_construct(source, message):
 
 @pytest.mark.parametrize(
     "source",
-    ["9**9**9**9", "p**(9**9**9)", "p**(10**6)", "2**100000 * p", "(9**9)**(9**9) * p",
-     "p**-5000", "10**400"],
+    [
+        "9**9**9**9",
+        "p**(9**9**9)",
+        "p**(10**6)",
+        "2**100000 * p",
+        "(9**9)**(9**9) * p",
+        "p**-5000",
+        "10**400",
+    ],
 )
 def test_enormous_powers_refused_in_microseconds(source):
     start = time.perf_counter()
@@ -127,7 +139,5 @@ def test_parse_never_imports_or_opens(monkeypatch):
     parse("log(sigmoid(p))")  # warm SymPy's own lazy imports first
     monkeypatch.setattr(builtins, "open", forbidden)
     for source in ["__import__('os').system('x')", "open('/etc/passwd')", "log(sigmoid(p)) * y"]:
-        try:
+        with contextlib.suppress(ValueError):
             parse(source)
-        except ValueError:
-            pass

@@ -33,8 +33,7 @@ FOCAL = cl.define(
 def asl(x, y, gamma_pos, gamma_neg, clip):
     p = cl.sigmoid(x)
     p_m = cl.maximum(p - clip, 0)
-    return -(y * (1 - p) ** gamma_pos * cl.log(p)
-             + (1 - y) * p_m**gamma_neg * cl.log(1 - p_m))
+    return -(y * (1 - p) ** gamma_pos * cl.log(p) + (1 - y) * p_m**gamma_neg * cl.log(1 - p_m))
 
 
 def torchvision_focal(x, y, alpha=0.25, gamma=2.0):
@@ -76,8 +75,9 @@ def test_naive_lambdify_really_fails_there():
     """The reason for the rewrite pass: plain lambdify gives inf/nan."""
     import sympy
 
-    f = sympy.lambdify(sorted(NAIVE_BCE.expr.free_symbols, key=lambda s: s.name),
-                       NAIVE_BCE.expr, "numpy")
+    f = sympy.lambdify(
+        sorted(NAIVE_BCE.expr.free_symbols, key=lambda s: s.name), NAIVE_BCE.expr, "numpy"
+    )
     with np.errstate(all="ignore"):
         vals = f(np.array(LOGITS, dtype=np.float32), np.full(9, 0.3, dtype=np.float32))
     assert not np.isfinite(vals).all()
@@ -219,7 +219,9 @@ def test_dtypes_follow_the_input(dtype, device):
     xr = x.detach().double().cpu().requires_grad_(True)
     ref = torchvision_focal(xr, y.double().cpu())
     ref.sum().backward()
-    tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5, torch.float64: 1e-10}[dtype]
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5, torch.float64: 1e-10}[
+        dtype
+    ]
     torch.testing.assert_close(v.double().cpu(), ref.detach(), rtol=tol, atol=tol)
     torch.testing.assert_close(x.grad.double().cpu(), xr.grad, rtol=tol, atol=tol)
 
@@ -310,5 +312,6 @@ def test_numpy_equals_torch(x, g, a, reduction):
     np.testing.assert_allclose(np.asarray(n), t.numpy(), rtol=1e-10, atol=1e-300)
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     FOCAL(xt, torch.from_numpy(y), g=g, a=a, reduction="sum").backward()
-    np.testing.assert_allclose(FOCAL.gradient(x, y, g=g, a=a, reduction="sum"), xt.grad.numpy(),
-                               rtol=1e-9, atol=1e-300)
+    np.testing.assert_allclose(
+        FOCAL.gradient(x, y, g=g, a=a, reduction="sum"), xt.grad.numpy(), rtol=1e-9, atol=1e-300
+    )
