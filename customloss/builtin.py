@@ -269,10 +269,12 @@ def focal(x, y, alpha, gamma):
     References:
         Lin et al. (2017), Focal Loss for Dense Object Detection, eq. (5).
     """
-    p = sigmoid(x)
     ce = -(y * log_sigmoid(x) + (1 - y) * log_sigmoid(-x))
-    p_t = p * y + (1 - p) * (1 - y)
-    focal_term = ce * (1 - p_t) ** gamma
+    # 1 - p_t, written without the cancellation of 1 - (p y + (1 - p)(1 - y)).
+    one_minus_p_t = y * sigmoid(-x) + (1 - y) * sigmoid(x)
+    # Where 1 - p_t underflows to 0 the term is 0; the where() keeps d/d gamma,
+    # (1 - p_t)**gamma * log(1 - p_t), from becoming 0 * -inf there.
+    focal_term = where(one_minus_p_t > 0, ce * one_minus_p_t**gamma, 0)
     alpha_t = alpha * y + (1 - alpha) * (1 - y)
     return where(alpha >= 0, alpha_t * focal_term, focal_term)
 
@@ -309,10 +311,12 @@ def asymmetric(x, y, gamma_pos, gamma_neg, clip):
         eqs. (4)-(6).
     """
     p = sigmoid(x)
-    p_m = maximum(p - clip, 0)
-    log_1m_pm = where(clip > 0, log(1 - p_m), log_sigmoid(-x))
     positive = y * (1 - p) ** gamma_pos * log_sigmoid(x)
-    negative = (1 - y) * p_m**gamma_neg * log_1m_pm
+    # p_m = max(p - clip, 0), written as a where() so that below the clip the term
+    # and all its derivatives (also d/d gamma_neg: p_m**g * log(p_m)) are exactly 0.
+    p_m = p - clip
+    log_1m_pm = where(clip > 0, log(1 - p_m), log_sigmoid(-x))
+    negative = (1 - y) * where(p > clip, p_m**gamma_neg * log_1m_pm, 0)
     return -(positive + negative)
 
 
