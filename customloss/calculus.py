@@ -30,11 +30,20 @@ chain-rule factor, is handled by the printers' safe power (see :mod:`customloss.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
 __all__ = [
+    "CLogSumExp",
+    "CMax",
+    "CSum",
+    "NonLinearTargetError",
+    "class_derivative",
+    "gather_targets",
+    "per_class_outside_reductions",
+    "simplify_reductions",
     "LogCosh",
     "LogSumExp",
     "Sigmoid",
@@ -148,6 +157,11 @@ def _split_one(add: sympy.Add) -> tuple[bool, sympy.Expr | None]:
 
 
 def _rule_mul(e: sympy.Mul) -> sympy.Expr:
+    # exp(a) * exp(b) -> exp(a + b): no inf * 0 when a -> inf and b -> -inf
+    exps = [f for f in e.args if isinstance(f, sympy.exp)]
+    if len(exps) > 1:
+        rest = [f for f in e.args if not isinstance(f, sympy.exp)]
+        return sympy.Mul(sympy.exp(sympy.Add(*(f.args[0] for f in exps))), *rest)
     # exp(u) * Sigmoid(-u) -> Sigmoid(u)
     factors = list(e.args)
     for i, f in enumerate(factors):
@@ -186,6 +200,13 @@ def _rule_add(e: sympy.Add) -> sympy.Expr:
         if len(sig_terms) >= 2 and sympy.expand(sympy.Add(*coeffs)) == 1:
             flipped = [c * Sigmoid(-s.args[0]) for c, s in zip(coeffs, sig_terms, strict=False)]
             return sympy.Add(*flipped, *rest)
+    # 1 - exp(u) -> -expm1(u)   (1 - p_t with p_t = exp(log p_t), no cancellation)
+    if const and _is_one(const[0]):
+        for t in terms:
+            inner = _neg_term_of(t, sympy.exp)
+            if inner is not None:
+                rest = [x for x in terms if x is not t and x is not const[0]]
+                return sympy.Add(-expm1(inner.args[0]), *rest)
     # exp(u) - 1 -> expm1(u)
     if const and const[0] == sympy.S.NegativeOne:
         for t in terms:
@@ -228,6 +249,7 @@ def _rule_log(e: sympy.log) -> sympy.Expr:
 
 
 _RULES = (
+    (sympy.Basic, lambda e: _rule_class(e)),
     (sympy.Pow, _rule_pow),
     (sympy.Mul, _rule_mul),
     (sympy.Add, _rule_add),
@@ -300,3 +322,268 @@ def stable_derivatives(stable_expr: sympy.Expr, wrt: Iterable[sympy.Symbol]) -> 
         One stable expression per symbol.
     """
     return [_tidy(sympy.diff(stable_expr, s)) for s in wrt]
+
+
+# ---------------------------------------------------------------------------
+# The class axis
+# ---------------------------------------------------------------------------
+# A loss with ``classes=True`` is written over per-class quantities (the logits z_c,
+# the targets y_c, per-class params w_c) and must reduce the class axis with one of the
+# reductions below.  Symbolically, a per-class symbol stands for its value at "the
+# current class"; a reduction is a per-sample quantity.
+
+
+class _ClassReduction(sympy.Function):
+    """Base of the class-axis reductions (one argument: a per-class expression)."""
+
+    nargs = 1
+    _label = "reduce"
+
+    def _sympystr(self, printer: Any) -> str:
+        return f"{self._label}({printer._print(self.args[0])})"
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+    def weight(self) -> sympy.Expr:
+        """d(reduction)/d(u_c) as a per-class expression (u = the argument)."""
+        raise NotImplementedError
+
+    def _eval_derivative(self, s: sympy.Symbol) -> sympy.Expr:
+        # derivative w.r.t. a per-sample symbol: sum over classes of weight * du/ds
+        du = sympy.diff(self.args[0], s)
+        if du == 0:
+            return sympy.S.Zero
+        return CSum(self.weight() * du)
+
+
+class CSum(_ClassReduction):
+    """Sum over the class axis: ``csum(u) = sum_c u_c``."""
+
+    _label = "csum"
+
+    def weight(self) -> sympy.Expr:
+        return sympy.S.One
+
+    def _latex(self, printer: Any) -> str:
+        return r"\sum_{c}\left(" + printer._print(self.args[0]) + r"\right)"
+
+
+class CLogSumExp(_ClassReduction):
+    """``log(sum_c exp(u_c))`` over the class axis, evaluated with the max-shift."""
+
+    _label = "clogsumexp"
+
+    def weight(self) -> sympy.Expr:
+        return sympy.exp(self.args[0] - self)
+
+    def _eval_rewrite_as_exp(self, u: sympy.Expr, **kwargs: object) -> sympy.Expr:
+        return sympy.log(CSum(sympy.exp(u)))
+
+    def _latex(self, printer: Any) -> str:
+        return r"\log\sum_{c} e^{" + printer._print(self.args[0]) + "}"
+
+
+class CMax(_ClassReduction):
+    """Maximum over the class axis (gradient shared evenly among ties, as ``amax``)."""
+
+    _label = "cmax"
+
+    def weight(self) -> sympy.Expr:
+        hit = sympy.Piecewise((1, sympy.Eq(self.args[0], self)), (0, True))
+        return hit / CSum(hit)
+
+    def _latex(self, printer: Any) -> str:
+        return r"\max_{c}\left(" + printer._print(self.args[0]) + r"\right)"
+
+
+CLASS_REDUCTIONS = (CSum, CLogSumExp, CMax)
+
+
+def _top_reductions(expr: sympy.Basic) -> list[sympy.Expr]:
+    """Reduction nodes of ``expr`` that are not inside another reduction."""
+    found: list[sympy.Expr] = []
+
+    def walk(e: sympy.Basic) -> None:
+        if isinstance(e, _ClassReduction):
+            if e not in found:
+                found.append(e)
+            return
+        for a in e.args:
+            walk(a)
+
+    walk(expr)
+    return found
+
+
+def per_class_outside_reductions(
+    expr: sympy.Expr, per_class: Iterable[sympy.Symbol]
+) -> set[sympy.Symbol]:
+    """Per-class symbols that ``expr`` uses outside every class reduction."""
+    reds = _top_reductions(expr)
+    dummies = {r: sympy.Dummy() for r in reds}
+    return expr.xreplace(dummies).free_symbols & set(per_class)
+
+
+def class_derivative(expr: sympy.Expr, v: sympy.Symbol) -> sympy.Expr:
+    """Derivative of ``expr`` with respect to the per-class symbol ``v`` at class j.
+
+    ``expr`` may use per-class symbols directly (they then mean "at class j") and
+    through class reductions.  For a reduction ``R(u)`` with weight
+    ``w_c = dR/du_c``::
+
+        dR/dv_j = w_j du_j/dv_j + sum_inner csum(w * du/dr_inner) * dr_inner/dv_j
+
+    Args:
+        expr: a (stable or plain) expression with class reductions.
+        v: a per-class symbol.
+
+    Returns:
+        The derivative as a per-class expression (it may contain reductions).
+    """
+    reds = _top_reductions(expr)
+    dummies = [sympy.Dummy(f"r{i}") for i in range(len(reds))]
+    e_r = expr.xreplace(dict(zip(reds, dummies)))
+    out = sympy.diff(e_r, v)
+    for red, r in zip(reds, dummies):
+        d_r = sympy.diff(e_r, r)
+        if d_r != 0:
+            out += d_r * _reduction_derivative(red, v)
+    return out.xreplace(dict(zip(dummies, reds)))
+
+
+def _reduction_derivative(red: _ClassReduction, v: sympy.Symbol) -> sympy.Expr:
+    (u,) = red.args
+    w = red.weight()
+    inner = _top_reductions(u)
+    dummies = [sympy.Dummy(f"i{i}") for i in range(len(inner))]
+    u_r = u.xreplace(dict(zip(inner, dummies)))
+    out = w * sympy.diff(u_r, v)
+    for red_in, r in zip(inner, dummies):
+        d_r = sympy.diff(u_r, r)
+        if d_r != 0:
+            out += CSum(w * d_r) * _reduction_derivative(red_in, v)
+    return out.xreplace(dict(zip(dummies, inner)))
+
+
+def simplify_reductions(expr: sympy.Expr, per_class: Iterable[sympy.Symbol]) -> sympy.Expr:
+    """Linear algebra of ``csum``: split sums, pull out per-sample factors.
+
+    ``csum(a + b) -> csum(a) + csum(b)``, ``csum(s * u) -> s * csum(u)`` when ``s`` is
+    per-sample (no per-class symbol outside a reduction).
+    """
+    per_class = set(per_class)
+
+    def is_per_sample(e: sympy.Expr) -> bool:
+        return not per_class_outside_reductions(e, per_class)
+
+    def rule(e: sympy.Expr) -> sympy.Expr:
+        if not isinstance(e, CSum):
+            return e
+        (u,) = e.args
+        u = sympy.expand(u, deep=False, mul=True, power_exp=False, power_base=False,
+                         log=False, multinomial=False)
+        terms = []
+        for t in sympy.Add.make_args(u):
+            outside, inside = [], []
+            for f in sympy.Mul.make_args(t):
+                (outside if is_per_sample(f) else inside).append(f)
+            if not inside:
+                terms.append(sympy.Mul(*outside) * CSum(sympy.S.One))
+            else:
+                terms.append(sympy.Mul(*outside) * CSum(sympy.Mul(*inside)))
+        return sympy.Add(*terms)
+
+    return expr.replace(lambda e: isinstance(e, CSum), rule)
+
+
+def _rule_class(e: sympy.Basic) -> sympy.Basic:
+    # log(csum(exp(u))) -> clogsumexp(u)
+    if isinstance(e, sympy.log) and isinstance(e.args[0], CSum):
+        inner = e.args[0].args[0]
+        if isinstance(inner, sympy.exp):
+            return CLogSumExp(inner.args[0])
+    # log(csum(f * exp(u))) -> clogsumexp(u + log(f)): no log(0) from an underflowed
+    # softmax (e.g. log p_t with p_t = csum(y * softmax(z)))
+    if isinstance(e, sympy.log) and isinstance(e.args[0], CSum):
+        inner = e.args[0].args[0]
+        if isinstance(inner, sympy.Mul):
+            exps = [f for f in inner.args if isinstance(f, sympy.exp)]
+            if len(exps) == 1:
+                rest = [f for f in inner.args if f is not exps[0]]
+                return CLogSumExp(exps[0].args[0] + sympy.log(sympy.Mul(*rest)))
+    # exp(u) / csum(exp(u)) -> exp(u - clogsumexp(u))
+    if isinstance(e, sympy.Mul):
+        factors = list(e.args)
+        for i, f in enumerate(factors):
+            if f.is_Pow and f.exp == -1 and isinstance(f.base, CSum) and isinstance(
+                f.base.args[0], sympy.exp
+            ):
+                u = f.base.args[0].args[0]
+                for j, g in enumerate(factors):
+                    if isinstance(g, sympy.exp) and g.args[0] == u:
+                        rest = [h for k, h in enumerate(factors) if k not in (i, j)]
+                        return sympy.Mul(sympy.exp(u - CLogSumExp(u)), *rest)
+    # a power of csum(exp(u)) times exp(u) in other arrangements is left alone
+    if isinstance(e, sympy.Pow) and e.exp == -1 and isinstance(e.base, CSum):
+        inner = e.base.args[0]
+        if isinstance(inner, sympy.exp):
+            return sympy.exp(-CLogSumExp(inner.args[0]))
+    return e
+
+
+class NonLinearTargetError(ValueError):
+    """The loss uses the target non-linearly, so class-index targets cannot be gathered."""
+
+
+def gather_targets(
+    expr: sympy.Expr,
+    target: sympy.Symbol,
+    per_class: Iterable[sympy.Symbol],
+    gathered: dict[sympy.Symbol, sympy.Symbol],
+) -> sympy.Expr:
+    """Rewrite a class-axis loss for class-index targets (one-hot ``target``).
+
+    Every ``csum(A + y*B)`` (linear in the target ``y``) becomes
+    ``csum(A) + B[at the target class]``: per-class symbols in ``B`` outside reductions
+    are replaced by their gathered counterparts (``gathered``: symbol -> symbol
+    standing for its value at the target class).  No one-hot is ever materialised.
+
+    Raises:
+        NonLinearTargetError: ``y`` appears non-linearly or in a non-sum reduction.
+    """
+    per_class = set(per_class)
+
+    def at_target(b: sympy.Expr) -> sympy.Expr:
+        reds = _top_reductions(b)
+        dummies = [sympy.Dummy() for _ in reds]
+        masked = b.xreplace(dict(zip(reds, dummies)))
+        masked = masked.xreplace({s: gathered[s] for s in masked.free_symbols & per_class})
+        return masked.xreplace(dict(zip(dummies, reds)))
+
+    def visit(e: sympy.Basic) -> sympy.Basic:
+        if e.is_Atom:
+            return e
+        args = tuple(visit(a) for a in e.args)
+        node = e.func(*args) if args != e.args else e
+        if isinstance(node, _ClassReduction) and node.has(target):
+            (u,) = node.args
+            if not isinstance(node, CSum):
+                raise NonLinearTargetError(
+                    f"the target is used inside {node._label}(); class-index targets "
+                    "need it only in csum(...) and linearly"
+                )
+            b = sympy.diff(u, target)
+            a = u.subs(target, 0)
+            if b.has(target) or a.has(target):
+                raise NonLinearTargetError(
+                    "the target is used non-linearly inside csum(); give probability "
+                    "(one-hot) targets instead of class indices"
+                )
+            return (CSum(a) if a != 0 else sympy.S.Zero) + at_target(b)
+        return node
+
+    out = visit(expr)
+    if out.has(target):
+        raise NonLinearTargetError("the target is used outside csum(); cannot gather class indices")
+    return out

@@ -102,6 +102,19 @@ class KernelPrinter(StrPrinter):
     _print_exp = _print_Function
     _print_log = _print_Function
 
+    # class-axis reductions (dim 1 of the prediction, kept for broadcasting) --------
+    def _print_CSum(self, expr: Any) -> str:
+        (u,) = expr.args
+        if u.is_number:
+            return f"({self._print(u)} * R.nclasses({self._ref}))"
+        return f"R.csum({self._print(u)}, {self._ref})"
+
+    def _print_CLogSumExp(self, expr: Any) -> str:
+        return f"R.clogsumexp({self._print(expr.args[0])}, {self._ref})"
+
+    def _print_CMax(self, expr: Any) -> str:
+        return f"R.cmax({self._print(expr.args[0])}, {self._ref})"
+
     def _print_Heaviside(self, expr: sympy.Heaviside) -> str:
         h0 = expr.args[1] if len(expr.args) > 1 else sympy.S.Half
         return f"R.heaviside({self._print(expr.args[0])}, {float(h0)!r})"
@@ -184,6 +197,8 @@ def generate_kernel(
     runtime: Any,
     *,
     shape_args: Sequence[sympy.Symbol] = (),
+    prelude: Sequence[tuple[sympy.Symbol, str, Sequence[sympy.Symbol]]] = (),
+    expand: Sequence[str | None] | None = None,
 ) -> Kernel:
     """Generate, compile and return one fused kernel.
 
@@ -194,6 +209,11 @@ def generate_kernel(
         runtime: the backend namespace bound to ``R`` in the generated code.
         shape_args: arguments that carry the full elementwise shape; an output that
             depends on none of them is broadcast to the first one.
+        prelude: ``(symbol, op, operands)``: ``symbol = R.op(*operands)`` computed first
+            (e.g. the prediction gathered at the target class).
+        expand: per output, ``"full"`` (broadcast to the reference argument's shape),
+            ``"sample"`` (to its shape with the class axis reduced) or ``None``;
+            overrides ``shape_args`` when given.
 
     Returns:
         The :class:`Kernel`.
@@ -206,7 +226,9 @@ def generate_kernel(
         else f"_a{i}"
         for i, s in enumerate(args)
     }
-    ref = names[shape_args[0]] if shape_args else "a0"
+    ref = names[shape_args[0]] if shape_args else names[args[0]]
+    for i, (sym, _, _) in enumerate(prelude):
+        names[sym] = f"_g{i}"
     printer = KernelPrinter(names, ref)
     exprs = [e for _, e in outputs]
     temps = sympy.numbered_symbols("_t")
@@ -215,13 +237,20 @@ def generate_kernel(
         names[sym] = sym.name
     ident = "".join(c if c.isalnum() else "_" for c in name)
     lines = [f"def {ident}({', '.join(names[s] for s in args)}):"]
+    for sym, op, operands in prelude:
+        lines.append(f"    {names[sym]} = R.{op}({', '.join(names[o] for o in operands)})")
     for sym, sub in replacements:
         lines.append(f"    {sym.name} = {printer.doprint(sub)}")
     shape_set = set(shape_args)
     rets = []
-    for expr in reduced:
+    for i, expr in enumerate(reduced):
         code = printer.doprint(expr)
-        if shape_set and not (_deps(expr, replacements) & shape_set):
+        if expand is not None:
+            if expand[i] == "full":
+                code = f"R.expand({code}, {ref})"
+            elif expand[i] == "sample":
+                code = f"R.expand_sample({code}, {ref})"
+        elif shape_set and not (_deps(expr, replacements) & shape_set):
             code = f"R.expand({code}, {ref})"
         rets.append(code)
     lines.append(f"    return ({', '.join(rets)},)")

@@ -20,15 +20,21 @@ import sympy
 __all__ = [
     "FUNCTIONS",
     "abs",
+    "cmax",
     "cosh",
+    "csum",
     "exp",
     "log",
     "log1p",
     "log_sigmoid",
+    "log_softmax",
+    "logsumexp",
+    "num_classes",
     "maximum",
     "minimum",
     "relu",
     "sigmoid",
+    "softmax",
     "softplus",
     "sqrt",
     "symbol",
@@ -144,6 +150,45 @@ def where(condition: Any, if_true: ExprLike, if_false: ExprLike) -> sympy.Expr:
     return sympy.Piecewise((_sym(if_true), condition), (_sym(if_false), True))
 
 
+# -- the class axis (losses declared with classes=True) -------------------------
+
+
+def csum(x: ExprLike) -> sympy.Expr:
+    """Sum over the class axis."""
+    from customloss.calculus import CSum
+
+    return CSum(_sym(x))
+
+
+def logsumexp(x: ExprLike) -> sympy.Expr:
+    """``log(csum(exp(x)))`` over the class axis (compiled with the max-shift)."""
+    return sympy.log(csum(sympy.exp(_sym(x))))
+
+
+def softmax(x: ExprLike) -> sympy.Expr:
+    """``exp(x) / csum(exp(x))`` over the class axis."""
+    x = _sym(x)
+    return sympy.exp(x) / csum(sympy.exp(x))
+
+
+def log_softmax(x: ExprLike) -> sympy.Expr:
+    """``x - logsumexp(x)`` over the class axis."""
+    x = _sym(x)
+    return x - logsumexp(x)
+
+
+def cmax(x: ExprLike) -> sympy.Expr:
+    """Maximum over the class axis."""
+    from customloss.calculus import CMax
+
+    return CMax(_sym(x))
+
+
+def num_classes() -> sympy.Expr:
+    """The number of classes ``C`` (``csum(1)``)."""
+    return csum(sympy.S.One)
+
+
 #: Name -> function: the DSL vocabulary, shared by the decorator and the string parser.
 FUNCTIONS: dict[str, Callable[..., sympy.Expr]] = {
     "log": log,
@@ -160,4 +205,10 @@ FUNCTIONS: dict[str, Callable[..., sympy.Expr]] = {
     "maximum": maximum,
     "minimum": minimum,
     "where": where,
+    "csum": csum,
+    "logsumexp": logsumexp,
+    "softmax": softmax,
+    "log_softmax": log_softmax,
+    "cmax": cmax,
+    "num_classes": num_classes,
 }

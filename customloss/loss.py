@@ -108,6 +108,7 @@ class Loss:
         doc: str | None = None,
         references: Sequence[str] = (),
         source_text: str | None = None,
+        index_mean_weight: sympy.Expr | str | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ValueError(
@@ -126,10 +127,6 @@ class Loss:
         dup = set(inputs) & set(params)
         if dup or len(set(inputs)) != 2:
             raise ValueError(f"loss {name!r}: names used twice: {sorted(dup) or list(inputs)}")
-        if classes:
-            raise NotImplementedError(
-                "class-axis losses (classes=True) are not available in this version yet"
-            )
         if not isinstance(expr, sympy.Expr):
             raise TypeError(f"loss {name!r} must be a SymPy expression, got {type(expr).__name__}")
         expr = sympy.sympify(expr)
@@ -159,7 +156,47 @@ class Loss:
         self.references: tuple[str, ...] = tuple(references)
         self._symbols = known
         self._source_text = source_text
-        self._key = (sympy.srepr(expr), self.inputs, tuple(self.params))
+        # class axis: per-class symbols are the inputs and the vector/None params
+        self.per_class: tuple[str, ...] = ()
+        self.index_mean_weight: sympy.Expr | None = None
+        if self.classes:
+            self.per_class = tuple(inputs) + tuple(
+                k for k, v in self.params.items() if v is None or isinstance(v, tuple)
+            )
+            outside = calculus.per_class_outside_reductions(
+                expr, [known[n] for n in self.per_class]
+            )
+            if outside:
+                bad = sorted(s.name for s in outside)[0]
+                raise ValueError(
+                    f"loss {name!r}: {bad!r} has a class axis but is used outside a class "
+                    "reduction; reduce it with csum(), logsumexp(), cmax(), ..."
+                )
+            if index_mean_weight is not None:
+                if isinstance(index_mean_weight, str):
+                    from customloss import parse
+
+                    index_mean_weight = parse.parse_expression(
+                        index_mean_weight, symbols=[*inputs, *params]
+                    )
+                self.index_mean_weight = sympy.sympify(index_mean_weight).xreplace(foreign)
+        elif index_mean_weight is not None:
+            raise ValueError(f"loss {name!r}: index_mean_weight needs classes=True")
+        else:
+            reds = [a for a in expr.atoms(sympy.Function) if isinstance(a, calculus.CLASS_REDUCTIONS)]
+            if reds:
+                raise ValueError(
+                    f"loss {name!r} uses the class reduction {reds[0]} but was not "
+                    "declared with classes=True"
+                )
+        #: call options of class-axis losses (overridable per call and by with_defaults)
+        self.options: dict[str, Any] = (
+            {"class_dim": None, "ignore_index": -100} if self.classes else {}
+        )
+        self._key = (
+            sympy.srepr(expr), self.inputs, tuple(self.params), self.per_class,
+            sympy.srepr(self.index_mean_weight),
+        )
 
     # -- symbols and calculus ---------------------------------------------
     @property
@@ -178,19 +215,45 @@ class Loss:
             )
         return self._symbols[name]
 
-    def grad(self, wrt: str | sympy.Symbol | None = None, order: int = 1) -> sympy.Expr:
+    def grad(
+        self,
+        wrt: str | sympy.Symbol | None = None,
+        order: int = 1,
+        *,
+        given_target_sum: float | None = 1,
+    ) -> sympy.Expr:
         """Symbolic derivative of the unreduced elementwise loss.
+
+        For a ``classes=True`` loss and a per-class symbol, this is the derivative with
+        respect to that symbol's entry at one class ``j`` (per-class symbols in the
+        result mean "at class j"); class reductions stay as ``csum(...)`` etc.
 
         Args:
             wrt: an input or param name (or its Symbol); default the prediction.
             order: derivative order (2 for the second derivative, ...).
+            given_target_sum: for class-axis losses, substitute ``csum(y)`` by this
+                value (targets are distributions: 1); ``None`` keeps it.
 
         Returns:
             A plain SymPy expression in this loss's symbols.
         """
         if not isinstance(order, int) or order < 1:
             raise ValueError(f"order must be a positive integer, got {order!r}")
-        return calculus.derivative(self.expr, self._symbol(wrt), order)
+        sym = self._symbol(wrt)
+        if not self.classes:
+            return calculus.derivative(self.expr, sym, order)
+        if order != 1:
+            raise NotImplementedError("higher class-axis derivatives are not available")
+        per_class = [self._symbols[n] for n in self.per_class]
+        if sym.name in self.per_class:
+            d = calculus.class_derivative(self.expr, sym)
+        else:
+            d = sympy.diff(self.expr, sym)
+        d = calculus.simplify_reductions(d, per_class)
+        if given_target_sum is not None:
+            y = self._symbols[self.inputs[1]]
+            d = d.xreplace({calculus.CSum(y): sympy.sympify(given_target_sum)})
+        return d
 
     def latex(self) -> str:
         """The elementwise loss in LaTeX."""
@@ -233,6 +296,92 @@ class Loss:
                 outs,
                 runtime,
                 shape_args=[self._symbols[n] for n in self.inputs],
+            )
+
+        return _cached(key, build)
+
+    # -- class-axis code generation --------------------------------------------
+    def _gathered(self) -> dict[sympy.Symbol, sympy.Symbol]:
+        """Per-class symbols (but the target) -> symbols for their value at the target."""
+        y = self.inputs[1]
+        return {
+            self._symbols[n]: sympy.Symbol(f"{n}@target", real=True)
+            for n in self.per_class
+            if n != y
+        }
+
+    def _class_stable(self, mode: str, what: str = "value") -> sympy.Expr:
+        def build() -> sympy.Expr:
+            expr = self.expr if what == "value" else self.index_mean_weight
+            if mode == "index":
+                y = self._symbols[self.inputs[1]]
+                per_class = [self._symbols[n] for n in self.per_class]
+                try:
+                    expr = calculus.gather_targets(expr, y, per_class, self._gathered())
+                except calculus.NonLinearTargetError as exc:
+                    raise ValueError(f"loss {self.name!r}: {exc}") from None
+            return calculus.stabilize(expr)
+
+        return _cached(("cstable", self._key, mode, what), build)
+
+    def _class_derivatives(self, mode: str, wrt: str) -> list[tuple[str, sympy.Expr, str]]:
+        """``(label, expression, shape)`` outputs for the derivative w.r.t. ``wrt``."""
+
+        def build() -> list[tuple[str, sympy.Expr, str]]:
+            per_class = [self._symbols[n] for n in self.per_class]
+            E = self._class_stable(mode)
+            v = self._symbols[wrt]
+
+            def tidy(e: sympy.Expr) -> sympy.Expr:
+                return calculus.simplify_reductions(calculus._tidy(e), per_class)
+
+            if wrt not in self.per_class:
+                return [(f"d_{wrt}", tidy(sympy.diff(E, v)), "sample")]
+            outs = [(f"d_{wrt}", tidy(calculus.class_derivative(E, v)), "full")]
+            if mode == "index":
+                at = self._gathered()[v]
+                outs.append((f"d_{wrt}@target", tidy(sympy.diff(E, at)), "sample"))
+            return outs
+
+        return _cached(("cderiv", self._key, mode, wrt), build)
+
+    def _class_kernel(
+        self, backend: str, mode: str, wrt: tuple[str, ...], value: bool
+    ) -> codegen.Kernel:
+        """Kernel for a class-axis loss; ``mode`` is ``"prob"`` or ``"index"``."""
+        key = ("ckernel", self._key, backend, mode, value, wrt)
+
+        def build() -> codegen.Kernel:
+            global kernel_builds
+            z, y = (self._symbols[n] for n in self.inputs)
+            params = [self._symbols[n] for n in self.params]
+            outs: list[tuple[str, sympy.Expr]] = []
+            shapes: list[str | None] = []
+            if value:
+                outs.append(("value", self._class_stable(mode)))
+                shapes.append("sample")
+                if mode == "index" and self.index_mean_weight is not None:
+                    outs.append(("norm", self._class_stable(mode, "norm")))
+                    shapes.append("sample")
+            for n in wrt:
+                for label, e, shape in self._class_derivatives(mode, n):
+                    outs.append((label, e))
+                    shapes.append(shape)
+            prelude = []
+            if mode == "index":
+                idx = sympy.Symbol("target@index", real=True)
+                args = [z, idx, *params]
+                used = set().union(*(e.free_symbols for _, e in outs))
+                for s, g in self._gathered().items():
+                    if g in used:
+                        op = "gather" if s == z else "take"
+                        prelude.append((g, op, [s, idx]))
+            else:
+                args = [z, y, *params]
+            kernel_builds += 1
+            return codegen.generate_kernel(
+                "_".join([self.name, backend, mode, *[lbl for lbl, _ in outs]]).replace("@", "_at_"),
+                args, outs, _runtime(backend), prelude=prelude, expand=shapes,
             )
 
         return _cached(key, build)
@@ -288,17 +437,20 @@ class Loss:
             elementwise tensor / array.
         """
         _validate.check_reduction(reduction)
+        options = {k: params.pop(k) for k in list(params) if k in self.options}
         values = self.resolve_params(params)
+        options = {**self.options, **options}
         if _is_torch(input) or _is_torch(target):
             from customloss import torch_backend
 
             return torch_backend.evaluate(
-                self, input, target, reduction=reduction, weight=weight, params=values
+                self, input, target, reduction=reduction, weight=weight, params=values,
+                **options,
             )
         from customloss import numpy_backend
 
         return numpy_backend.evaluate(
-            self, input, target, reduction=reduction, weight=weight, params=values
+            self, input, target, reduction=reduction, weight=weight, params=values, **options
         )
 
     def gradient(
@@ -341,16 +493,19 @@ class Loss:
         return torch_backend.LossModule(self, reduction=reduction, **params)
 
     def with_defaults(self, **params: Any) -> Loss:
-        """A new ``Loss`` with other param defaults; this one is unchanged."""
+        """A new ``Loss`` with other param defaults (and call options such as
+        ``ignore_index`` for class-axis losses); this one is unchanged."""
+        options = {k: params.pop(k) for k in list(params) if k in self.options}
         for k in params:
             if k not in self.params:
-                valid = ", ".join(self.params) or "none"
+                valid = ", ".join([*self.params, *self.options]) or "none"
                 raise TypeError(
                     f"loss {self.name!r} got an unknown param {k!r}; valid params: {valid}"
                 )
         new = object.__new__(Loss)
         new.__dict__.update(self.__dict__)
         new.params = {**self.params, **{k: _normalise_default(k, v) for k, v in params.items()}}
+        new.options = {**self.options, **options}
         return new
 
     # -- presentation ---------------------------------------------------------

@@ -114,7 +114,43 @@ class _TorchOps:
     def expand(value: Any, ref: torch.Tensor) -> torch.Tensor:
         if not isinstance(value, torch.Tensor):
             return torch.full_like(ref, float(value))
-        return value.expand(ref.shape)
+        return value if value.shape == ref.shape else value.expand(ref.shape)
+
+    # class axis: always dim 1 (the backend moves it there), reductions keep the dim
+    @staticmethod
+    def expand_sample(value: Any, ref: torch.Tensor) -> torch.Tensor:
+        shape = (ref.shape[0], 1, *ref.shape[2:])
+        if not isinstance(value, torch.Tensor):
+            return torch.full(shape, float(value), dtype=ref.dtype, device=ref.device)
+        return value if value.shape == shape else value.expand(shape)
+
+    @staticmethod
+    def csum(x: Any, ref: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.shape[1:2] != ref.shape[1:2]:
+            return x * ref.shape[1]
+        return x.sum(dim=1, keepdim=True)
+
+    @staticmethod
+    def clogsumexp(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(x, dim=1, keepdim=True)
+
+    @staticmethod
+    def cmax(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return torch.amax(x, dim=1, keepdim=True)
+
+    @staticmethod
+    def nclasses(ref: torch.Tensor) -> int:
+        return ref.shape[1]
+
+    @staticmethod
+    def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return torch.gather(x, 1, index)
+
+    @staticmethod
+    def take(w: Any, index: torch.Tensor) -> Any:
+        if not isinstance(w, torch.Tensor) or w.numel() == 1:
+            return w
+        return w.reshape(-1)[index]
 
 
 RUNTIME = _TorchOps()
@@ -269,9 +305,25 @@ def _prepare(
 
 
 def evaluate(
-    loss: Loss, input: Any, target: Any, *, reduction: str, weight: Any, params: dict[str, Any]
+    loss: Loss,
+    input: Any,
+    target: Any,
+    *,
+    reduction: str,
+    weight: Any,
+    params: dict[str, Any],
+    **class_options: Any,
 ) -> torch.Tensor:
     """Evaluate ``loss`` on tensors (see ``Loss.__call__``)."""
+    if loss.classes:
+        from customloss import torch_classes
+
+        return torch_classes.evaluate(loss, input, target, reduction=reduction, weight=weight,
+                                      params=params, **class_options)
+    if class_options:
+        raise TypeError(
+            f"{', '.join(class_options)} only apply to class-axis losses (classes=True)"
+        )
     input, target, w, ps = _prepare(loss, input, target, weight, params)
     return LossFunction.apply(loss, reduction, w, input, target, *ps)
 

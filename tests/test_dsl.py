@@ -77,18 +77,7 @@ def test_symbols_are_real_and_unique_per_name():
 
 def test_function_table_names_every_dsl_function():
     assert set(dsl.FUNCTIONS) == {
-        "log",
-        "exp",
-        "sqrt",
-        "abs",
-        "log1p",
-        "tanh",
-        "cosh",
-        "sigmoid",
-        "softplus",
-        "log_sigmoid",
-        "relu",
-        "maximum",
-        "minimum",
-        "where",
-    }
+        "log", "exp", "sqrt", "abs", "log1p", "tanh", "cosh", "sigmoid", "softplus",
+        "log_sigmoid", "relu", "maximum", "minimum", "where",
+        "csum", "logsumexp", "softmax", "log_softmax", "cmax", "num_classes",
+    }  # fmt: skip

@@ -1,0 +1,237 @@
+"""Class-axis path of the Torch backend (losses declared with ``classes=True``).
+
+Shapes follow ``torch.nn.functional.cross_entropy``: input ``(C)``, ``(N, C)`` or
+``(N, C, d1, ..., dk)`` with the class axis at ``class_dim`` (default 1; 0 for 1-D
+input).  The class axis is moved to dim 1 (a view) and the generated kernels reduce it
+with ``keepdim`` so per-sample quantities broadcast against per-class ones.
+
+Targets are either probabilities (the input's shape) or class indices (the input's
+shape without the class axis, an integer dtype).  With class indices the kernels
+*gather* the prediction at the target class instead of materialising a one-hot, and
+the backward adds the at-target part of the gradient with ``scatter_add``; positions
+equal to ``ignore_index`` contribute nothing and are left out of the mean, as in torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from customloss import _validate, fast
+from customloss.torch_backend import _HALF, _check_tensor, _sum_to
+
+if TYPE_CHECKING:
+    from customloss.loss import Loss
+
+__all__ = ["ClassLossFunction", "evaluate"]
+
+
+def _as_tensor(name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(f"param {name!r} must be real")
+        t = value if value.is_floating_point() else value.to(like.dtype)
+        return t.to(like.device)
+    try:
+        return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"param {name!r} must be numeric: {exc}") from None
+
+
+def _prepare(
+    loss: Loss, input: Any, target: Any, weight: Any, params: dict[str, Any],
+    class_dim: int | None, ignore_index: int,
+) -> dict[str, Any]:
+    input = _check_tensor(input, "input")
+    if not input.is_floating_point():
+        raise TypeError(
+            f"input must be a floating-point tensor, got dtype {input.dtype}"
+            " (convert it with .float())"
+        )
+    nd = input.dim()
+    if nd == 0:
+        raise ValueError(f"loss {loss.name!r} needs an input with a class axis; got a 0-d tensor")
+    cd = (0 if nd == 1 else 1) if class_dim is None else class_dim
+    if not isinstance(cd, int) or not -nd <= cd < nd:
+        raise ValueError(f"class_dim={class_dim!r} is out of range for an input with {nd} dims")
+    cd %= nd
+    x = input.unsqueeze(0) if nd == 1 else (input.movedim(cd, 1) if cd != 1 else input)
+    n_classes = x.shape[1]
+    sample_shape = tuple(input.shape[:cd]) + tuple(input.shape[cd + 1 :])
+    keep_shape = (x.shape[0], 1, *x.shape[2:])
+    if not isinstance(target, torch.Tensor):
+        target = torch.as_tensor(target, device=input.device)
+    if target.device != input.device:
+        raise ValueError(f"target is on device {target.device} but input is on {input.device}")
+    valid = None
+    if not target.is_floating_point() and target.dtype != torch.bool:
+        if tuple(target.shape) != sample_shape:
+            raise ValueError(
+                f"class-index target must have the input shape {tuple(input.shape)} without "
+                f"the class axis (dim {cd}), i.e. {sample_shape}; got {tuple(target.shape)}"
+            )
+        idx = target.long().reshape(keep_shape)
+        valid = idx != ignore_index
+        bad = valid & ((idx < 0) | (idx >= n_classes))
+        if bool(bad.any()):
+            raise ValueError(
+                f"target contains class index {int(idx[bad][0])} outside [0, {n_classes}) "
+                f"(ignore_index={ignore_index})"
+            )
+        tgt = torch.where(valid, idx, torch.zeros_like(idx))
+        mode = "index"
+    else:
+        if tuple(target.shape) != tuple(input.shape):
+            raise ValueError(
+                f"input and target must have the same shape (probability targets) or the "
+                f"target the input shape without the class axis (class indices); got input "
+                f"shape {tuple(input.shape)} and target shape {tuple(target.shape)}"
+            )
+        t = target if target.is_floating_point() else target.to(input.dtype)
+        tgt = t.unsqueeze(0) if nd == 1 else (t.movedim(cd, 1) if cd != 1 else t)
+        mode = "prob"
+    ps = []
+    for name, value in params.items():
+        t = _as_tensor(name, value, input)
+        if name in loss.per_class:
+            if t.numel() != 1 and (t.dim() != 1 or t.shape[0] != n_classes):
+                raise ValueError(
+                    f"param {name!r} is per-class: give a scalar or a vector of length "
+                    f"C={n_classes}; got shape {tuple(t.shape)}"
+                )
+            t = t.reshape(()) if t.numel() == 1 else t.reshape(1, n_classes, *([1] * (x.dim() - 2)))
+        elif t.numel() != 1:
+            raise ValueError(
+                f"param {name!r} is a scalar param of a class-axis loss; got shape {tuple(t.shape)}"
+            )
+        else:
+            t = t.reshape(())
+        ps.append(t)
+    w = None
+    if weight is not None:
+        w = _as_tensor("weight", weight, input)
+        _validate.check_broadcasts_to("weight", w.shape, sample_shape)
+        w = torch.broadcast_to(w, sample_shape).reshape(keep_shape)
+    return {"x": x, "target": tgt, "mode": mode, "valid": valid, "weight": w, "params": ps,
+            "sample_shape": sample_shape}
+
+
+class ClassLossFunction(torch.autograd.Function):
+    """Fused forward/backward of a class-axis loss.
+
+    ``apply(loss, mode, reduction, sample_shape, weight, valid, x, target, *params)``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, loss: Loss, mode: str, reduction: str, sample_shape: tuple,
+                weight: torch.Tensor | None, valid: torch.Tensor | None,
+                x: torch.Tensor, target: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        cdt = torch.float32 if x.dtype in _HALF else x.dtype
+        args = [x.to(cdt), target if mode == "index" else target.to(cdt),
+                *(p.to(cdt) for p in params)]
+        needs = ctx.needs_input_grad
+        only_input = needs[6] and not any(needs[7:]) and not needs[4]
+        has_norm = mode == "index" and loss.index_mean_weight is not None
+        wrt = (loss.inputs[0],) if only_input else ()
+        kernel = loss._class_kernel("torch", mode, wrt, True)
+        outs = fast.kernel_callable(kernel, tuple(args))(*args)
+        values = outs[0]
+        norm = outs[1] if has_norm else None
+        ctx.fused = outs[2 if has_norm else 1 :] if only_input else None
+        if valid is not None:
+            values = torch.where(valid, values, torch.zeros_like(values))
+        if weight is not None:
+            values = values * weight.to(cdt)
+        den = None
+        if reduction == "mean":
+            if mode == "index":
+                if norm is not None:
+                    den = torch.where(valid, norm, torch.zeros_like(norm)).sum()
+                else:
+                    den = valid.sum().to(cdt)
+            else:
+                den = torch.tensor(float(values.numel()), dtype=cdt, device=values.device)
+            out = values.sum() / den
+        elif reduction == "sum":
+            out = values.sum()
+        else:
+            out = values.reshape(sample_shape)
+        ctx.loss, ctx.mode, ctx.reduction, ctx.cdt, ctx.den = loss, mode, reduction, cdt, den
+        ctx.has_weight = weight is not None
+        ctx.save_for_backward(weight, valid, x, target, *params)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, gout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        weight, valid, x, target, *params = ctx.saved_tensors
+        loss, mode, cdt = ctx.loss, ctx.mode, ctx.cdt
+        needs = ctx.needs_input_grad
+        names = [*loss.inputs, *loss.params]
+        tensors = (x, target, *params)
+        wrt = tuple(n for n, need in zip(names, needs[6:]) if need)
+        want_w = ctx.has_weight and needs[4]
+        keep = (x.shape[0], 1, *x.shape[2:])
+        g = gout.to(cdt)
+        g = g.reshape(keep) if ctx.reduction == "none" else g / ctx.den if ctx.den is not None else g
+        scale = g if weight is None else g * weight.to(cdt)
+        if valid is not None:
+            scale = scale * valid.to(cdt)
+        if ctx.fused is not None and not torch.is_grad_enabled():
+            outs = list(ctx.fused)
+            value = None
+        else:
+            args = [x.to(cdt), target if mode == "index" else target.to(cdt),
+                    *(p.to(cdt) for p in params)]
+            kernel = loss._class_kernel("torch", mode, wrt, want_w)
+            outs = list(kernel.fn(*args))
+            value = None
+            if want_w:
+                value = outs.pop(0)
+                if mode == "index" and loss.index_mean_weight is not None:
+                    outs.pop(0)
+        result: list[torch.Tensor | None] = [None] * 6
+        if want_w:
+            v = value * g
+            if valid is not None:
+                v = torch.where(valid, v, torch.zeros_like(v))
+            result[4] = v.to(weight.dtype)
+        for n, t in zip(names, tensors):
+            if n not in wrt:
+                result.append(None)
+                continue
+            d = outs.pop(0)
+            if n not in loss.per_class:
+                result.append((d * scale).sum().reshape(t.shape).to(t.dtype))
+                continue
+            dense = d * scale
+            at = outs.pop(0) * scale if mode == "index" else None
+            if t.dim() == x.dim():  # the prediction (or a probability target)
+                if at is not None:
+                    dense = dense.scatter_add(1, target, at.to(dense.dtype))
+                result.append(dense.to(t.dtype))
+            else:  # a per-class param: (1, C, 1, ...) or a 0-d scalar
+                red = _sum_to(dense, t.shape) if t.dim() else dense.sum()
+                if at is not None:
+                    extra = torch.zeros(x.shape[1], dtype=dense.dtype, device=dense.device)
+                    extra = extra.index_add(0, target.reshape(-1), at.reshape(-1))
+                    red = red + (extra.reshape(t.shape) if t.dim() else extra.sum())
+                result.append(red.to(t.dtype))
+        return tuple(result)
+
+
+def evaluate(loss: Loss, input: Any, target: Any, *, reduction: str, weight: Any,
+             params: dict[str, Any], class_dim: int | None = None,
+             ignore_index: int = -100) -> torch.Tensor:
+    """Evaluate a class-axis ``loss`` on tensors (see ``Loss.__call__``)."""
+    prep = _prepare(loss, input, target, weight, params, class_dim, ignore_index)
+    if (prep["mode"] == "index" and reduction == "mean" and loss.index_mean_weight is not None
+            and any(p.requires_grad for p in prep["params"])):
+        raise NotImplementedError(
+            f"loss {loss.name!r}: gradients of params through the weighted mean with "
+            "class-index targets are not supported; use reduction='sum'"
+        )
+    return ClassLossFunction.apply(
+        loss, prep["mode"], reduction, prep["sample_shape"], prep["weight"], prep["valid"],
+        prep["x"], prep["target"], *prep["params"],
+    )
