@@ -474,11 +474,14 @@ class Loss:
         """
         _validate.check_reduction(reduction)
         name = self._symbol(wrt).name
+        options = {k: params.pop(k) for k in list(params) if k in self.options}
         values = self.resolve_params(params)
+        options = {**self.options, **options}
         from customloss import numpy_backend
 
         return numpy_backend.gradient(
-            self, input, target, wrt=name, reduction=reduction, weight=weight, params=values
+            self, input, target, wrt=name, reduction=reduction, weight=weight, params=values,
+            **options,
         )
 
     def torch(self, *, reduction: str = "mean", **params: Any) -> Any:

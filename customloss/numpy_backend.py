@@ -93,6 +93,42 @@ class _NumpyOps:
     def expand(value: Any, ref: Any) -> Any:
         return np.broadcast_to(np.asarray(value, dtype=ref.dtype), ref.shape)
 
+    # class axis: always axis 1 (the backend moves it there), reductions keep the axis
+    @staticmethod
+    def expand_sample(value: Any, ref: Any) -> Any:
+        shape = (ref.shape[0], 1, *ref.shape[2:])
+        return np.broadcast_to(np.asarray(value, dtype=ref.dtype), shape)
+
+    @staticmethod
+    def csum(x: Any, ref: Any) -> Any:
+        x = np.asarray(x)
+        if x.shape[1:2] != ref.shape[1:2]:
+            return x * ref.shape[1]
+        return x.sum(axis=1, keepdims=True)
+
+    @staticmethod
+    def clogsumexp(x: Any, ref: Any) -> Any:
+        m = np.max(x, axis=1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)
+        return m + np.log(np.sum(np.exp(x - m), axis=1, keepdims=True))
+
+    @staticmethod
+    def cmax(x: Any, ref: Any) -> Any:
+        return np.max(x, axis=1, keepdims=True)
+
+    @staticmethod
+    def nclasses(ref: Any) -> int:
+        return ref.shape[1]
+
+    @staticmethod
+    def gather(x: Any, index: Any) -> Any:
+        return np.take_along_axis(x, index, axis=1)
+
+    @staticmethod
+    def take(w: Any, index: Any) -> Any:
+        w = np.asarray(w)
+        return w if w.size == 1 else w.reshape(-1)[index]
+
 
 RUNTIME = _NumpyOps()
 
@@ -149,8 +185,20 @@ def evaluate(
     reduction: str,
     weight: Any,
     params: dict[str, Any],
+    **class_options: Any,
 ) -> Any:
     """Evaluate ``loss`` on NumPy arrays (see ``Loss.__call__``)."""
+    if loss.classes:
+        from customloss import numpy_classes
+
+        return numpy_classes.evaluate(
+            loss, input, target, reduction=reduction, weight=weight, params=params,
+            **class_options,
+        )
+    if class_options:
+        raise TypeError(
+            f"{', '.join(class_options)} only apply to class-axis losses (classes=True)"
+        )
     p, args, w, out_dtype = _prepare(loss, input, target, weight, params)
     kernel = loss._kernel("numpy", ())
     with np.errstate(all="ignore"):
@@ -169,8 +217,16 @@ def gradient(
     reduction: str,
     weight: Any,
     params: dict[str, Any],
+    **class_options: Any,
 ) -> np.ndarray:
     """Gradient of the reduced loss with respect to ``wrt`` (see ``Loss.gradient``)."""
+    if loss.classes:
+        from customloss import numpy_classes
+
+        return numpy_classes.gradient(
+            loss, input, target, wrt=wrt, reduction=reduction, weight=weight, params=params,
+            **class_options,
+        )
     p, args, w, out_dtype = _prepare(loss, input, target, weight, params)
     kernel = loss._kernel("numpy", (wrt,))
     with np.errstate(all="ignore"):

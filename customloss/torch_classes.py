@@ -206,7 +206,7 @@ class ClassLossFunction(torch.autograd.Function):
                 continue
             dense = d * scale
             at = outs.pop(0) * scale if mode == "index" else None
-            if t.dim() == x.dim():  # the prediction (or a probability target)
+            if n in loss.inputs:  # the prediction (or a probability target)
                 if at is not None:
                     dense = dense.scatter_add(1, target, at.to(dense.dtype))
                 result.append(dense.to(t.dtype))

@@ -1,0 +1,176 @@
+"""Class-axis path of the NumPy backend (losses declared with ``classes=True``).
+
+Same conventions as :mod:`customloss.torch_classes`: class axis moved to axis 1,
+probability or class-index targets (gathered, never one-hot), ``ignore_index``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from customloss import _validate
+from customloss.numpy_backend import _as_float, _sum_to
+
+if TYPE_CHECKING:
+    from customloss.loss import Loss
+
+__all__ = ["evaluate", "gradient"]
+
+
+def _prepare(loss: Loss, input: Any, target: Any, weight: Any, params: dict[str, Any],
+             class_dim: int | None, ignore_index: int) -> dict[str, Any]:
+    p = _as_float(input, "input")
+    nd = p.ndim
+    if nd == 0:
+        raise ValueError(f"loss {loss.name!r} needs an input with a class axis; got a 0-d array")
+    cd = (0 if nd == 1 else 1) if class_dim is None else class_dim
+    if not isinstance(cd, int) or not -nd <= cd < nd:
+        raise ValueError(f"class_dim={class_dim!r} is out of range for an input with {nd} dims")
+    cd %= nd
+    cdt = np.dtype(np.float32) if p.dtype.itemsize < 4 else p.dtype
+    x = (p[None] if nd == 1 else np.moveaxis(p, cd, 1)).astype(cdt, copy=False)
+    n_classes = x.shape[1]
+    sample_shape = p.shape[:cd] + p.shape[cd + 1 :]
+    keep = (x.shape[0], 1, *x.shape[2:])
+    t = np.asarray(target)
+    valid = None
+    if t.dtype.kind in "iu":
+        if t.shape != sample_shape:
+            raise ValueError(
+                f"class-index target must have the input shape {p.shape} without the class "
+                f"axis (dim {cd}), i.e. {sample_shape}; got {t.shape}"
+            )
+        idx = t.astype(np.int64).reshape(keep)
+        valid = idx != ignore_index
+        bad = valid & ((idx < 0) | (idx >= n_classes))
+        if bad.any():
+            raise ValueError(
+                f"target contains class index {int(idx[bad][0])} outside [0, {n_classes}) "
+                f"(ignore_index={ignore_index})"
+            )
+        tgt = np.where(valid, idx, 0)
+        mode = "index"
+    elif t.dtype.kind in "fb":
+        if t.shape != p.shape:
+            raise ValueError(
+                f"input and target must have the same shape (probability targets) or the "
+                f"target the input shape without the class axis (class indices); got input "
+                f"shape {p.shape} and target shape {t.shape}"
+            )
+        tgt = (t[None] if nd == 1 else np.moveaxis(t, cd, 1)).astype(cdt, copy=False)
+        mode = "prob"
+    else:
+        raise TypeError(f"target must be a numeric array, got dtype {t.dtype}")
+    ps = []
+    for name, value in params.items():
+        v = np.asarray(value)
+        if v.dtype.kind not in "fiub":
+            raise TypeError(f"param {name!r} must be numeric, got dtype {v.dtype}")
+        v = v.astype(cdt, copy=False)
+        if name in loss.per_class:
+            if v.size != 1 and (v.ndim != 1 or v.shape[0] != n_classes):
+                raise ValueError(
+                    f"param {name!r} is per-class: give a scalar or a vector of length "
+                    f"C={n_classes}; got shape {v.shape}"
+                )
+            v = v.reshape(()) if v.size == 1 else v.reshape(1, n_classes, *([1] * (x.ndim - 2)))
+        elif v.size != 1:
+            raise ValueError(
+                f"param {name!r} is a scalar param of a class-axis loss; got shape {v.shape}"
+            )
+        else:
+            v = v.reshape(())
+        ps.append(v)
+    w = None
+    if weight is not None:
+        w = np.asarray(weight)
+        if w.dtype.kind not in "fiub":
+            raise TypeError(f"weight must be numeric, got dtype {w.dtype}")
+        _validate.check_broadcasts_to("weight", w.shape, sample_shape)
+        w = np.broadcast_to(w.astype(cdt), sample_shape).reshape(keep)
+    return {"x": x, "target": tgt, "mode": mode, "valid": valid, "weight": w, "params": ps,
+            "sample_shape": sample_shape, "cd": cd, "nd": nd, "dtype": p.dtype, "cdt": cdt}
+
+
+def _values(loss: Loss, prep: dict[str, Any]) -> tuple[np.ndarray, Any]:
+    mode = prep["mode"]
+    kernel = loss._class_kernel("numpy", mode, (), True)
+    outs = kernel.fn(prep["x"], prep["target"], *prep["params"])
+    values = outs[0]
+    valid = prep["valid"]
+    if valid is not None:
+        values = np.where(valid, values, 0.0)
+    if prep["weight"] is not None:
+        values = values * prep["weight"]
+    if mode == "index":
+        if loss.index_mean_weight is not None:
+            den = np.where(valid, outs[1], 0.0).sum()
+        else:
+            den = valid.sum()
+    else:
+        den = values.size
+    return values, den
+
+
+def evaluate(loss: Loss, input: Any, target: Any, *, reduction: str, weight: Any,
+             params: dict[str, Any], class_dim: int | None = None,
+             ignore_index: int = -100) -> Any:
+    """Evaluate a class-axis ``loss`` on arrays (see ``Loss.__call__``)."""
+    prep = _prepare(loss, input, target, weight, params, class_dim, ignore_index)
+    with np.errstate(all="ignore"):
+        values, den = _values(loss, prep)
+        if reduction == "none":
+            return values.reshape(prep["sample_shape"]).astype(prep["dtype"], copy=False)
+        total = values.sum() if reduction == "sum" else values.sum() / den
+    return np.asarray(total, dtype=prep["dtype"])[()]
+
+
+def gradient(loss: Loss, input: Any, target: Any, *, wrt: str, reduction: str, weight: Any,
+             params: dict[str, Any], class_dim: int | None = None,
+             ignore_index: int = -100) -> np.ndarray:
+    """Gradient of the reduced class-axis loss with respect to ``wrt``.
+
+    For ``reduction="none"`` this is the gradient of the *sum* of the per-sample
+    losses (a per-class derivative couples all classes of a sample).
+    """
+    prep = _prepare(loss, input, target, weight, params, class_dim, ignore_index)
+    mode = prep["mode"]
+    if wrt == loss.inputs[1] and mode == "index":
+        raise ValueError("class-index targets have no gradient")
+    with np.errstate(all="ignore"):
+        x, tgt, ps = prep["x"], prep["target"], prep["params"]
+        _, den = _values(loss, prep)
+        g = 1.0 / den if reduction == "mean" else 1.0
+        scale = np.full((x.shape[0], 1, *x.shape[2:]), g, dtype=prep["cdt"])
+        if prep["weight"] is not None:
+            scale = scale * prep["weight"]
+        if prep["valid"] is not None:
+            scale = scale * prep["valid"]
+        outs = list(loss._class_kernel("numpy", mode, (wrt,), False).fn(x, tgt, *ps))
+        names = [*loss.inputs, *loss.params]
+        arg = (x, tgt, *ps)[names.index(wrt)]
+        d = outs.pop(0)
+        if wrt not in loss.per_class:
+            res = np.asarray((d * scale).sum())
+            return res.reshape(np.shape(params[wrt])).astype(prep["dtype"])
+        dense = d * scale
+        at = outs.pop(0) * scale if mode == "index" else None
+        if wrt in loss.inputs:
+            if at is not None:
+                _scatter_add(dense, tgt, at)
+            out = dense[0] if prep["nd"] == 1 else np.moveaxis(dense, 1, prep["cd"])
+            return out.astype(prep["dtype"])
+        red = _sum_to(dense, np.shape(arg)) if np.ndim(arg) else np.asarray(dense.sum())
+        if at is not None:
+            extra = np.zeros(x.shape[1], dtype=dense.dtype)
+            np.add.at(extra, tgt.reshape(-1), at.reshape(-1))
+            red = red + (extra.reshape(np.shape(arg)) if np.ndim(arg) else extra.sum())
+        return np.asarray(red).reshape(np.shape(params[wrt])).astype(prep["dtype"])
+
+
+def _scatter_add(dense: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """``dense[n, index[n, 0, ...], ...] += values[n, 0, ...]`` in place."""
+    one_hot = np.arange(dense.shape[1]).reshape(1, -1, *([1] * (dense.ndim - 2))) == index
+    dense += one_hot * values
