@@ -1,0 +1,450 @@
+"""Tests of the fast path (``customloss.fast``): the switch, the policy, thread safety,
+and compiled == eager (values and gradients, also at extreme logits).
+
+Tests that really run ``torch.compile`` are marked ``slow`` (seconds each); the others
+replace the compile step and stay fast.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import customloss as cl  # noqa: E402
+from customloss import fast  # noqa: E402
+
+EXTREME = [-1e4, -100.0, -30.0, -5.0, 0.0, 5.0, 30.0, 100.0, 1e4]
+
+
+@cl.loss(params={"alpha": 0.25, "gamma": 2.0})
+def focal(x, y, alpha, gamma):
+    p = cl.sigmoid(x)
+    ce = -(y * cl.log(p) + (1 - y) * cl.log(1 - p))
+    p_t = p * y + (1 - p) * (1 - y)
+    return (alpha * y + (1 - alpha) * (1 - y)) * ce * (1 - p_t) ** gamma
+
+
+NAIVE_BCE = cl.define(
+    "naive_bce", "-(y*log(sigmoid(x)) + (1 - y)*log(1 - sigmoid(x)))", inputs=("x", "y")
+)
+HUBER = cl.define(
+    "huber",
+    "where(abs(p - y) < delta, 0.5*(p - y)**2, delta*(abs(p - y) - 0.5*delta))",
+    inputs=("p", "y"),
+    params={"delta": 1.0},
+)
+ASYMMETRIC = cl.define(
+    "asymmetric",
+    "-(y*(1 - sigmoid(x))**gp*log(sigmoid(x))"
+    " + (1 - y)*maximum(sigmoid(x) - m, 0)**gn*log(1 - maximum(sigmoid(x) - m, 0)))",
+    inputs=("x", "y"),
+    params={"gp": 1.0, "gn": 4.0, "m": 0.05},
+)
+MSE = cl.define("mse_fast_test", "(p - y)**2", inputs=("p", "y"))
+
+
+@pytest.fixture(autouse=True)
+def clean_fast_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts and ends with no compiled kernels and the default policy."""
+    for name in (fast.ENV_SWITCH, fast.ENV_MIN_NUMEL, fast.ENV_WARMUP):
+        monkeypatch.delenv(name, raising=False)
+    fast.reset()
+    yield
+    fast.reset()
+
+
+@pytest.fixture
+def fake_compile(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Replace the background compile by a recorder (no torch.compile)."""
+    queued: list[Any] = []
+
+    def record(entry: Any) -> None:
+        entry.state = fast.QUEUED
+        queued.append(entry)
+
+    monkeypatch.setattr(fast, "_enqueue", record)
+    return queued
+
+
+def _kernel(loss: cl.Loss = MSE) -> Any:
+    return loss._kernel("torch", (loss.inputs[0],), value=True)
+
+
+def _args(n: int, *params: float, requires_grad: bool = True) -> tuple[Any, ...]:
+    x = torch.randn(n).requires_grad_(requires_grad)
+    return (x, torch.rand(n), *(torch.tensor(p) for p in params))
+
+
+# --------------------------------------------------------------------------- switch
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, "auto"),
+        ("", "auto"),
+        ("auto", "auto"),
+        ("0", "off"),
+        ("off", "off"),
+        ("False", "off"),
+        ("1", "on"),
+        ("yes", "on"),
+        ("sync", "sync"),
+        ("whatever", "auto"),
+    ],
+)
+def test_mode_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch, raw: str | None, expected: str
+) -> None:
+    if raw is not None:
+        monkeypatch.setenv(fast.ENV_SWITCH, raw)
+    assert fast.mode() == expected
+
+
+def test_compile_off_forces_eager_and_records_nothing(
+    monkeypatch: pytest.MonkeyPatch, fake_compile: list[Any]
+) -> None:
+    monkeypatch.setenv(fast.ENV_SWITCH, "0")
+    monkeypatch.setenv(fast.ENV_MIN_NUMEL, "1")
+    monkeypatch.setenv(fast.ENV_WARMUP, "1")
+    k = _kernel()
+    args = _args(1000)
+    for _ in range(5):
+        assert fast.kernel_callable(k, args) is k.fn
+    assert fast.status() == []
+    assert fake_compile == []
+
+
+def test_compile_off_makes_compile_ahead_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fast.ENV_SWITCH, "0")
+
+    def boom(*a: Any, **k: Any) -> None:
+        raise AssertionError("torch.compile must not be called")
+
+    monkeypatch.setattr(torch, "compile", boom)
+    assert fast.compile_ahead(MSE) == []
+    assert fast.status() == []
+
+
+def test_small_inputs_never_trigger_a_compile(fake_compile: list[Any]) -> None:
+    x = torch.randn(100, requires_grad=True)
+    y = torch.randn(100)
+    for _ in range(10):
+        MSE(x, y).backward()
+    assert fake_compile == []
+    (st,) = [s for s in fast.status() if s.name.startswith("mse_fast_test")]
+    assert st.state == "cold"
+    assert st.eager_calls == 10 and st.compiled_calls == 0
+
+
+def test_warm_up_count_then_one_background_compile(
+    monkeypatch: pytest.MonkeyPatch, fake_compile: list[Any]
+) -> None:
+    monkeypatch.setenv(fast.ENV_MIN_NUMEL, "50")
+    monkeypatch.setenv(fast.ENV_WARMUP, "3")
+    k = _kernel()
+    big, small = _args(64), _args(10)
+    for _ in range(5):
+        assert fast.kernel_callable(k, small) is k.fn
+    assert fake_compile == []
+    fast.kernel_callable(k, big)
+    fast.kernel_callable(k, big)
+    assert fake_compile == []
+    assert fast.kernel_callable(k, big) is k.fn  # still eager while compiling
+    assert len(fake_compile) == 1
+    for _ in range(3):
+        fast.kernel_callable(k, big)
+    assert len(fake_compile) == 1
+
+
+def test_mode_on_queues_at_first_call_of_any_size(
+    monkeypatch: pytest.MonkeyPatch, fake_compile: list[Any]
+) -> None:
+    monkeypatch.setenv(fast.ENV_SWITCH, "1")
+    k = _kernel()
+    fast.kernel_callable(k, _args(3))
+    assert len(fake_compile) == 1
+
+
+def test_ready_kernel_is_served_and_eager_is_not(fake_compile: list[Any]) -> None:
+    k = _kernel()
+    args = _args(10)
+    fast.kernel_callable(k, args)
+    (entry,) = fast._ENTRIES.values()
+
+    def runner(*a: Any) -> tuple[Any, ...]:
+        return k.fn(*a)
+
+    entry.runner, entry.state = runner, fast.READY
+    assert fast.kernel_callable(k, args) is runner
+    assert fast.kernel_callable(k, _args(12345)) is runner  # another N: same kernel
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def test_signature_ignores_sizes_but_not_dtype_grad_or_size_one() -> None:
+    sig = fast._signature
+    no = frozenset()
+    a = sig((torch.randn(10), torch.randn(10)), no, torch)
+    assert a == sig((torch.randn(999), torch.randn(999)), no, torch)
+    assert a != sig((torch.randn(10).double(), torch.randn(10).double()), no, torch)
+    assert a != sig((torch.randn(10, requires_grad=True), torch.randn(10)), no, torch)
+    assert a != sig((torch.randn(1), torch.randn(1)), no, torch)
+    assert a != sig((torch.randn(10, 1), torch.randn(10, 1)), no, torch)
+    # equal sizes stay equal (Dynamo's duck sizing), distinct ones distinct
+    assert sig((torch.randn(3, 3),), no, torch) != sig((torch.randn(3, 4),), no, torch)
+    assert sig((torch.randn(3, 3),), no, torch) == sig((torch.randn(7, 7),), no, torch)
+    assert a != sig((torch.randn(20)[::2], torch.randn(10)), no, torch)  # not contiguous
+
+
+def test_scalar_params_are_specialised_tensor_params_are_not(fake_compile: list[Any]) -> None:
+    k = _kernel(focal)
+    fast.kernel_callable(k, _args(10, 0.25, 2.0))
+    x, y = torch.randn(10, requires_grad=True), torch.rand(10)
+    fast.kernel_callable(k, (x, y, torch.full((10,), 0.25), torch.tensor(2.0)))
+    specs = sorted(s.specialized for s in fast.status())
+    assert specs == [((2, 0.25), (3, 2.0)), ((3, 2.0),)]
+
+
+def test_specialisations_are_bounded(fake_compile: list[Any]) -> None:
+    k = _kernel(focal)
+    for gamma in range(fast.MAX_SPECIALIZATIONS + 3):
+        fast.kernel_callable(k, _args(10, 0.25, float(gamma)))
+    specs = {s.specialized for s in fast.status()}
+    assert len(specs) == fast.MAX_SPECIALIZATIONS + 1
+    assert () in specs  # the rest share the generic kernel
+
+
+def test_specialised_function_matches_the_kernel() -> None:
+    k = _kernel(focal)
+    fn = fast._function_for(k, ((2, 0.25), (3, 2.0)), 4)
+    args = _args(50, 0.25, 2.0)
+    with torch.no_grad():
+        for got, want in zip(fn(*args), k.fn(*args), strict=True):
+            # pow(b, 2.0) with a Python exponent vs a tensor exponent: <= 1 ulp apart
+            torch.testing.assert_close(got, want, rtol=3e-7, atol=1e-12)
+
+
+def test_compile_examples_keep_the_size_pattern_and_strides() -> None:
+    t = fast._template
+    small = fast._examples(
+        (t(torch.randn(500, 7), torch), t(torch.randn(500, 7), torch), t(torch.randn(7), torch)),
+        torch,
+    )
+    assert [tuple(e.shape) for e in small] == [(2, 3), (2, 3), (3,)]
+    base = torch.randn(10, 1).expand(10, 6)
+    odd = fast._examples((t(base, torch), t(torch.randn(10, 6).t(), torch)), torch)
+    assert odd[0].shape == (10, 6) and odd[0].stride() == base.stride()
+    assert odd[1].stride() == (1, 6)
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def test_failed_compile_warns_once_and_stays_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fast.ENV_SWITCH, "sync")
+
+    def broken(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    x = torch.randn(20, requires_grad=True)
+    y = torch.randn(20)
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        v = MSE(x, y)
+    v.backward()
+    torch.testing.assert_close(v, F.mse_loss(x, y))
+    torch.testing.assert_close(x.grad, 2 * (x - y).detach() / 20)
+    states = {s.state for s in fast.status()}
+    assert states == {"failed"}
+    MSE(x, y)  # a second call neither recompiles nor warns
+    assert {s.state for s in fast.status()} == {"failed"}
+
+
+def test_inside_a_user_compile_region_the_eager_kernel_is_returned(
+    monkeypatch: pytest.MonkeyPatch, fake_compile: list[Any]
+) -> None:
+    monkeypatch.setenv(fast.ENV_SWITCH, "1")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    k = _kernel()
+    assert fast.kernel_callable(k, _args(10)) is k.fn
+    assert fake_compile == [] and fast.status() == []
+
+
+def test_concurrent_calls_queue_one_compile_and_count_every_call(
+    monkeypatch: pytest.MonkeyPatch, fake_compile: list[Any]
+) -> None:
+    monkeypatch.setenv(fast.ENV_MIN_NUMEL, "1")
+    monkeypatch.setenv(fast.ENV_WARMUP, "5")
+    x = torch.randn(256)
+    y = torch.randn(256)
+    expected = F.mse_loss(x, y)
+    n_threads, calls = 8, 25
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n_threads)
+
+    def work() -> None:
+        try:
+            barrier.wait()
+            for _ in range(calls):
+                xi = x.clone().requires_grad_()
+                v = MSE(xi, y)
+                v.backward()
+                torch.testing.assert_close(v, expected)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(fake_compile) == 1
+    (st,) = [s for s in fast.status() if s.name.startswith("mse_fast_test")]
+    assert st.eager_calls == n_threads * calls
+
+
+def test_sync_compile_in_many_threads_compiles_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fast.ENV_SWITCH, "sync")
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def fake_torch_compile(fn: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        gate.wait(5)  # keep the first compile busy while the others arrive
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_torch_compile)
+    monkeypatch.setattr(torch._dynamo, "run", lambda fn: fn)
+    k = _kernel()
+    args = _args(30)
+    results: list[Any] = []
+
+    def work() -> None:
+        results.append(fast.kernel_callable(k, args))
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len(results) == 6 and all(r is k.fn for r in results)  # run(fn) -> fn here
+    (st,) = fast.status()
+    assert st.state == "ready" and st.compiled_calls == 6
+
+
+# --------------------------------------------------------------------------- compiled == eager
+
+
+def _fwd_bwd(loss: cl.Loss, x: Any, y: Any, **params: Any) -> tuple[Any, Any]:
+    xr = x.detach().clone().requires_grad_()
+    v = loss(xr, y, reduction="sum", **params)
+    v.backward()
+    return v.detach(), xr.grad
+
+
+def _assert_compiled_equals_eager(
+    monkeypatch: pytest.MonkeyPatch, loss: cl.Loss, x: Any, y: Any, **params: Any
+) -> None:
+    monkeypatch.setenv(fast.ENV_SWITCH, "0")
+    v_eager, g_eager = _fwd_bwd(loss, x, y, **params)
+    monkeypatch.setenv(fast.ENV_SWITCH, "auto")
+    statuses = fast.compile_ahead(loss, x[:4].detach(), y[:4], **params)
+    assert statuses and all(s.state == "ready" for s in statuses), statuses
+    with torch.profiler.profile() as prof:
+        v, g = _fwd_bwd(loss, x, y, **params)
+    assert any("Torch-Compiled Region" in e.name for e in prof.events()), "compiled code not run"
+    assert torch.isfinite(v) and torch.isfinite(g).all()
+    tol = (
+        {"rtol": 1e-5, "atol": 1e-6} if x.dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    )
+    torch.testing.assert_close(v, v_eager, **tol)
+    torch.testing.assert_close(g, g_eager, **tol)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("loss", [focal, NAIVE_BCE, ASYMMETRIC], ids=lambda loss: loss.name)
+def test_compiled_equals_eager_at_extreme_logits(
+    monkeypatch: pytest.MonkeyPatch, loss: cl.Loss, dtype: Any
+) -> None:
+    logits = torch.tensor(EXTREME, dtype=dtype)
+    x = torch.cat([logits, logits, torch.randn(200, dtype=dtype) * 8])
+    y = torch.cat(
+        [torch.zeros(len(EXTREME)), torch.ones(len(EXTREME)), torch.rand(200).round()]
+    ).to(dtype)
+    _assert_compiled_equals_eager(monkeypatch, loss, x, y)
+
+
+@pytest.mark.slow
+def test_naive_bce_compiled_equals_torch_at_extreme_logits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fast.ENV_SWITCH, "sync")
+    x = torch.tensor(EXTREME * 2, requires_grad=True)
+    y = torch.tensor([0.0] * len(EXTREME) + [1.0] * len(EXTREME))
+    v = NAIVE_BCE(x, y, reduction="none")
+    assert any(s.compiled_calls for s in fast.status())
+    torch.testing.assert_close(v, F.binary_cross_entropy_with_logits(x, y, reduction="none"))
+    v.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.slow
+def test_compiled_equals_eager_with_overridden_and_tensor_params(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x = torch.cat([torch.tensor(EXTREME), torch.randn(300) * 4])
+    y = torch.rand(len(x)).round()
+    _assert_compiled_equals_eager(monkeypatch, focal, x, y, gamma=0.5, alpha=0.9)
+    alpha = torch.rand(len(x))  # per-element param: the generic (tensor) kernel
+    _assert_compiled_equals_eager(monkeypatch, focal, x, y, alpha=alpha)
+    xr = torch.randn(300) * 3
+    yr = torch.randn(300)
+    _assert_compiled_equals_eager(monkeypatch, HUBER, xr, yr, delta=0.3)
+
+
+@pytest.mark.slow
+def test_one_compile_serves_every_n(monkeypatch: pytest.MonkeyPatch) -> None:
+    statuses = fast.compile_ahead(MSE)
+    assert statuses and all(s.state == "ready" for s in statuses)
+    n_entries = len(fast.status())
+    for n in (2, 17, 1000, 100_003):
+        x = torch.randn(n, requires_grad=True)
+        y = torch.randn(n)
+        with torch.profiler.profile() as prof:
+            v = MSE(x, y)
+            v.backward()
+        assert any("Torch-Compiled Region" in e.name for e in prof.events()), n
+        torch.testing.assert_close(v, F.mse_loss(x, y))
+        torch.testing.assert_close(x.grad, 2 * (x - y).detach() / n)
+    assert len(fast.status()) == n_entries  # no new signature, no new compile
+
+
+@pytest.mark.slow
+def test_background_compile_is_swapped_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fast.ENV_MIN_NUMEL, "1")
+    monkeypatch.setenv(fast.ENV_WARMUP, "2")
+    x = torch.randn(5000, requires_grad=True)
+    y = torch.randn(5000)
+    ref = F.huber_loss(x, y, delta=1.0)
+    for _ in range(2):
+        torch.testing.assert_close(HUBER(x, y), ref)  # eager, queues the compile
+    assert fast.wait(timeout=300)
+    (st,) = [s for s in fast.status() if s.name.startswith("huber")]
+    assert st.state == "ready", st
+    before = st.compiled_calls
+    v = HUBER(x, y)
+    v.backward()
+    torch.testing.assert_close(v, ref)
+    torch.testing.assert_close(x.grad, torch.autograd.grad(F.huber_loss(x, y), x)[0])
+    (st,) = [s for s in fast.status() if s.name.startswith("huber")]
+    assert st.compiled_calls == before + 1
