@@ -25,8 +25,6 @@ Environment:
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import os
 import sys
 import threading
@@ -34,6 +32,7 @@ import types
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
 import pluggy
@@ -361,6 +360,7 @@ class Registry:
                 self._loading_thread = None
 
     def _load(self) -> None:
+        self._failures.clear()
         strict = _env_flag(STRICT_ENV) if self._strict is None else self._strict
         disabled = _env_names(DISABLE_ENV) if self._disabled is None else list(self._disabled)
         for name in disabled:
@@ -368,7 +368,7 @@ class Registry:
         candidates = [
             _Candidate(
                 name=name,
-                load=lambda module=module: importlib.import_module(module),
+                load=lambda module=module: import_module(module),
                 entry_point=None,
                 distribution="customloss",
                 version=_customloss_version(),
@@ -376,7 +376,9 @@ class Registry:
             for name, module in self._default_plugins
         ]
         if self._entry_points is None:
-            found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+            from importlib import metadata  # not at import time: it costs ~50 ms
+
+            found = metadata.entry_points(group=ENTRY_POINT_GROUP)
         else:
             found = self._entry_points()
         candidates += _entry_point_candidates(found)

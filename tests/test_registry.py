@@ -551,6 +551,7 @@ def test_strict_mode_raises_and_leaves_the_registry_unloaded(monkeypatch):
     monkeypatch.setenv(STRICT_ENV, "0")
     names, messages = recorded(reg.names)
     assert names == ["good_sq"] and len(messages) == 1
+    assert [f.name for f in reg.failures] == ["broken"]  # not one per attempt
 
 
 def test_strict_flag_rejects_values_it_does_not_understand(monkeypatch):
