@@ -26,6 +26,7 @@ from customloss.dsl import (
     sqrt,
     tanh,
     where,
+    xlogy,
 )
 from customloss.hookspecs import hookimpl
 from customloss.loss import Loss, define, loss
@@ -64,4 +65,5 @@ __all__ = [
     "sqrt",
     "tanh",
     "where",
+    "xlogy",
 ]

@@ -47,7 +47,8 @@ def resolve_params(
         if k not in defaults:
             valid = ", ".join(defaults) or "none"
             raise TypeError(f"loss {loss_name!r} got an unknown param {k!r}; valid params: {valid}")
-    values = {**defaults, **overrides}
+    # an explicit None means "the default" (as torch's weight=None); required stays required
+    values = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
     missing = [k for k, v in values.items() if v is None]
     if missing:
         raise TypeError(

@@ -369,13 +369,41 @@ class CSum(_ClassReduction):
         return r"\sum_{c}\left(" + printer._print(self.args[0]) + r"\right)"
 
 
+class KeptExp(sympy.Function):
+    """``exp(u)`` that SymPy does not split: ``exp(a + log(y))`` stays one exponential.
+
+    SymPy rewrites ``exp(a + log(y))`` as ``y * exp(a)``, which is ``0 * inf`` where
+    ``y = 0`` and ``a`` is large; the softmax weights of a log-sum-exp need the fused form.
+    """
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return self
+
+    def _eval_rewrite_as_exp(self, u: sympy.Expr, **kwargs: object) -> sympy.Expr:
+        return sympy.exp(u)
+
+    def _sympystr(self, printer: Any) -> str:
+        return f"exp({printer._print(self.args[0])})"
+
+    def _latex(self, printer: Any) -> str:
+        return "e^{" + printer._print(self.args[0]) + "}"
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+    def _eval_is_positive(self) -> bool | None:
+        return True if self.args[0].is_real else None
+
+
 class CLogSumExp(_ClassReduction):
     """``log(sum_c exp(u_c))`` over the class axis, evaluated with the max-shift."""
 
     _label = "clogsumexp"
 
     def weight(self) -> sympy.Expr:
-        return sympy.exp(self.args[0] - self)
+        return KeptExp(self.args[0] - self)
 
     def _eval_rewrite_as_exp(self, u: sympy.Expr, **kwargs: object) -> sympy.Expr:
         return sympy.log(CSum(sympy.exp(u)))

@@ -42,6 +42,7 @@ FUNCTION_TABLE: dict[str, str] = {
     "Softplus": "softplus",
     "LogSumExp": "logsumexp",
     "LogCosh": "logcosh",
+    "KeptExp": "exp",
     "Max": "maximum",
     "Min": "minimum",
     "floor": "floor",
@@ -67,7 +68,10 @@ class KernelPrinter(StrPrinter):
     # numbers -------------------------------------------------------------
     def _print(self, expr: Any, **kwargs: Any) -> str:
         if isinstance(expr, sympy.Expr) and expr.is_number and not expr.is_Integer:
-            value = complex(expr.evalf(20))
+            try:
+                value = complex(expr.evalf(20))
+            except TypeError:  # e.g. csum(1): "a number" to SymPy, C at run time
+                return super()._print(expr, **kwargs)
             if value.imag != 0:
                 raise ValueError(f"expression has a complex constant: {expr}")
             return repr(float(value.real))

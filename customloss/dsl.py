@@ -40,6 +40,7 @@ __all__ = [
     "symbol",
     "tanh",
     "where",
+    "xlogy",
 ]
 
 ExprLike = Any  # a SymPy expression or a Python number
@@ -150,6 +151,12 @@ def where(condition: Any, if_true: ExprLike, if_false: ExprLike) -> sympy.Expr:
     return sympy.Piecewise((_sym(if_true), condition), (_sym(if_false), True))
 
 
+def xlogy(x: ExprLike, y: ExprLike) -> sympy.Expr:
+    """``x * log(y)``, defined as 0 where ``x == 0`` (so ``0 log 0 = 0``)."""
+    x, y = _sym(x), _sym(y)
+    return sympy.Piecewise((0, sympy.Eq(x, 0)), (x * sympy.log(y), True))
+
+
 # -- the class axis (losses declared with classes=True) -------------------------
 
 
@@ -211,4 +218,5 @@ FUNCTIONS: dict[str, Callable[..., sympy.Expr]] = {
     "log_softmax": log_softmax,
     "cmax": cmax,
     "num_classes": num_classes,
+    "xlogy": xlogy,
 }

@@ -109,6 +109,7 @@ class Loss:
         references: Sequence[str] = (),
         source_text: str | None = None,
         index_mean_weight: sympy.Expr | str | None = None,
+        class_params: Sequence[str] = (),
     ) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ValueError(
@@ -160,8 +161,13 @@ class Loss:
         self.per_class: tuple[str, ...] = ()
         self.index_mean_weight: sympy.Expr | None = None
         if self.classes:
+            for k in class_params:
+                if k not in self.params:
+                    raise ValueError(f"loss {name!r}: class_params names unknown param {k!r}")
             self.per_class = tuple(inputs) + tuple(
-                k for k, v in self.params.items() if v is None or isinstance(v, tuple)
+                k
+                for k, v in self.params.items()
+                if v is None or isinstance(v, tuple) or k in class_params
             )
             outside = calculus.per_class_outside_reductions(
                 expr, [known[n] for n in self.per_class]
@@ -180,7 +186,9 @@ class Loss:
                         index_mean_weight, symbols=[*inputs, *params]
                     )
                 self.index_mean_weight = sympy.sympify(index_mean_weight).xreplace(foreign)
-        elif index_mean_weight is not None:
+        elif index_mean_weight is not None or class_params:
+            if class_params:
+                raise ValueError(f"loss {name!r}: class_params needs classes=True")
             raise ValueError(f"loss {name!r}: index_mean_weight needs classes=True")
         else:
             reds = [a for a in expr.atoms(sympy.Function) if isinstance(a, calculus.CLASS_REDUCTIONS)]
@@ -310,16 +318,33 @@ class Loss:
             if n != y
         }
 
+    def _index_gathers(self) -> bool:
+        """Whether class-index targets are gathered (else a one-hot is materialised).
+
+        Gathering needs the target only linearly inside ``csum`` (the cross-entropy
+        family); otherwise the kernels build the one-hot from the indices.
+        """
+
+        def build() -> bool:
+            y = self._symbols[self.inputs[1]]
+            per_class = [self._symbols[n] for n in self.per_class]
+            try:
+                for e in (self.expr, self.index_mean_weight):
+                    if e is not None:
+                        calculus.gather_targets(e, y, per_class, self._gathered())
+            except calculus.NonLinearTargetError:
+                return False
+            return True
+
+        return _cached(("gathers", self._key), build)
+
     def _class_stable(self, mode: str, what: str = "value") -> sympy.Expr:
         def build() -> sympy.Expr:
             expr = self.expr if what == "value" else self.index_mean_weight
-            if mode == "index":
+            if mode == "index" and self._index_gathers():
                 y = self._symbols[self.inputs[1]]
                 per_class = [self._symbols[n] for n in self.per_class]
-                try:
-                    expr = calculus.gather_targets(expr, y, per_class, self._gathered())
-                except calculus.NonLinearTargetError as exc:
-                    raise ValueError(f"loss {self.name!r}: {exc}") from None
+                expr = calculus.gather_targets(expr, y, per_class, self._gathered())
             return calculus.stabilize(expr)
 
         return _cached(("cstable", self._key, mode, what), build)
@@ -338,7 +363,7 @@ class Loss:
             if wrt not in self.per_class:
                 return [(f"d_{wrt}", tidy(sympy.diff(E, v)), "sample")]
             outs = [(f"d_{wrt}", tidy(calculus.class_derivative(E, v)), "full")]
-            if mode == "index":
+            if mode == "index" and self._index_gathers():
                 at = self._gathered()[v]
                 outs.append((f"d_{wrt}@target", tidy(sympy.diff(E, at)), "sample"))
             return outs
@@ -372,6 +397,8 @@ class Loss:
                 idx = sympy.Symbol("target@index", real=True)
                 args = [z, idx, *params]
                 used = set().union(*(e.free_symbols for _, e in outs))
+                if not self._index_gathers():
+                    prelude.append((y, "onehot", [idx, z]))
                 for s, g in self._gathered().items():
                     if g in used:
                         op = "gather" if s == z else "take"
@@ -552,6 +579,8 @@ def loss(
     classes: bool = False,
     doc: str | None = None,
     references: Sequence[str] = (),
+    class_params: Sequence[str] = (),
+    index_mean_weight: Callable[..., Any] | str | None = None,
 ) -> Callable[[Callable[..., Any]], Loss]:
     """Decorator: build a :class:`Loss` from a function returning a SymPy expression.
 
@@ -564,6 +593,11 @@ def loss(
         classes: the inputs carry a class axis.
         doc: documentation; default the function's docstring.
         references: literature references.
+        class_params: params with scalar defaults that are nevertheless per-class
+            (a scalar default then applies to every class).
+        index_mean_weight: with class-index targets, ``"mean"`` divides by the sum of
+            this per-sample expression instead of the count (torch's weighted mean of
+            ``cross_entropy``): a function of the same arguments, or a string.
 
     Returns:
         A decorator turning the function into a ``Loss`` (it is not registered).
@@ -614,6 +648,10 @@ def loss(
             classes=classes,
             doc=doc if doc is not None else fn.__doc__,
             references=references,
+            class_params=class_params,
+            index_mean_weight=(
+                index_mean_weight(*syms) if callable(index_mean_weight) else index_mean_weight
+            ),
         )
 
     return decorate
@@ -628,6 +666,8 @@ def define(
     classes: bool = False,
     doc: str | None = None,
     references: Sequence[str] = (),
+    class_params: Sequence[str] = (),
+    index_mean_weight: str | None = None,
 ) -> Loss:
     """Build a :class:`Loss` from a string, safely (the text is never executed).
 
@@ -657,4 +697,6 @@ def define(
         doc=doc,
         references=references,
         source_text=source,
+        class_params=class_params,
+        index_mean_weight=index_mean_weight,
     )

@@ -121,6 +121,11 @@ class _NumpyOps:
         return ref.shape[1]
 
     @staticmethod
+    def onehot(index: Any, ref: Any) -> Any:
+        classes = np.arange(ref.shape[1]).reshape(1, -1, *([1] * (ref.ndim - 2)))
+        return (classes == index).astype(ref.dtype)
+
+    @staticmethod
     def gather(x: Any, index: Any) -> Any:
         return np.take_along_axis(x, index, axis=1)
 

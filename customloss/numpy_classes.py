@@ -156,7 +156,7 @@ def gradient(loss: Loss, input: Any, target: Any, *, wrt: str, reduction: str, w
             res = np.asarray((d * scale).sum())
             return res.reshape(np.shape(params[wrt])).astype(prep["dtype"])
         dense = d * scale
-        at = outs.pop(0) * scale if mode == "index" else None
+        at = outs.pop(0) * scale if mode == "index" and loss._index_gathers() else None
         if wrt in loss.inputs:
             if at is not None:
                 _scatter_add(dense, tgt, at)

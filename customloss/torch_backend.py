@@ -143,6 +143,11 @@ class _TorchOps:
         return ref.shape[1]
 
     @staticmethod
+    def onehot(index: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        classes = torch.arange(ref.shape[1], device=ref.device)
+        return (classes.reshape(1, -1, *([1] * (ref.dim() - 2))) == index).to(ref.dtype)
+
+    @staticmethod
     def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return torch.gather(x, 1, index)
 

@@ -205,7 +205,7 @@ class ClassLossFunction(torch.autograd.Function):
                 result.append((d * scale).sum().reshape(t.shape).to(t.dtype))
                 continue
             dense = d * scale
-            at = outs.pop(0) * scale if mode == "index" else None
+            at = outs.pop(0) * scale if mode == "index" and loss._index_gathers() else None
             if n in loss.inputs:  # the prediction (or a probability target)
                 if at is not None:
                     dense = dense.scatter_add(1, target, at.to(dense.dtype))

@@ -79,5 +79,5 @@ def test_function_table_names_every_dsl_function():
     assert set(dsl.FUNCTIONS) == {
         "log", "exp", "sqrt", "abs", "log1p", "tanh", "cosh", "sigmoid", "softplus",
         "log_sigmoid", "relu", "maximum", "minimum", "where",
-        "csum", "logsumexp", "softmax", "log_softmax", "cmax", "num_classes",
+        "csum", "logsumexp", "softmax", "log_softmax", "cmax", "num_classes", "xlogy",
     }  # fmt: skip
