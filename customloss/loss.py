@@ -287,6 +287,8 @@ class Loss:
         self, backend: str, wrt: tuple[str, ...], value: bool | None = None
     ) -> codegen.Kernel:
         """The generated kernel returning the value (if requested) and derivatives."""
+        if self.classes:
+            raise TypeError("class-axis losses use _class_kernel")
         if value is None:
             value = not wrt
         key = ("kernel", self._key, backend, value, wrt)
@@ -423,6 +425,14 @@ class Loss:
         """
         if backend not in ("torch", "numpy"):
             raise ValueError(f"unknown backend {backend!r}; valid backends are 'torch', 'numpy'")
+        if self.classes:
+            names = tuple(wrt) if wrt is not None else (self.inputs[0],)
+            for n in names:
+                self._symbol(n)
+            return "\n".join(
+                self._class_kernel(backend, mode, names, True).source
+                for mode in ("prob", "index")
+            )
         if wrt is None:
             parts = [
                 self._kernel(backend, ()).source,
