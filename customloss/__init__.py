@@ -30,12 +30,14 @@ from customloss.dsl import (
 )
 from customloss.hookspecs import hookimpl
 from customloss.loss import Loss, define, loss
+from customloss.multitask import MultiTask, multitask
 from customloss.registry import PluginLoadWarning, get, info, names, register
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Loss",
+    "MultiTask",
     "PluginLoadWarning",
     "__version__",
     "abs",
@@ -55,6 +57,7 @@ __all__ = [
     "loss",
     "maximum",
     "minimum",
+    "multitask",
     "names",
     "num_classes",
     "register",

@@ -323,8 +323,9 @@ def evaluate(
     if loss.classes:
         from customloss import torch_classes
 
-        return torch_classes.evaluate(loss, input, target, reduction=reduction, weight=weight,
-                                      params=params, **class_options)
+        return torch_classes.evaluate(
+            loss, input, target, reduction=reduction, weight=weight, params=params, **class_options
+        )
     if class_options:
         raise TypeError(
             f"{', '.join(class_options)} only apply to class-axis losses (classes=True)"
@@ -373,3 +374,31 @@ class LossModule(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.loss.name}, reduction={self.reduction!r}"
+
+
+class MultiTaskModule(torch.nn.Module):
+    """``nn.Module`` of a :class:`customloss.multitask.MultiTask`.
+
+    For ``weighting="uncertainty"`` it owns one scalar ``Parameter`` per task (the
+    log-variance ``s_i``, initialised to 0), registered in task order.
+    """
+
+    def __init__(self, mt: Any) -> None:
+        super().__init__()
+        self.mt = mt
+        self.log_vars = torch.nn.ParameterDict()
+        if mt.weighting == "uncertainty":
+            for t in mt.tasks:
+                self.log_vars[t] = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, preds: dict[str, Any], targets: dict[str, Any],
+                **task_kwargs: Any) -> torch.Tensor:
+        losses = self.mt.task_losses(preds, targets, **task_kwargs)
+        if self.mt.weighting == "uncertainty":
+            ref = next(iter(losses.values()))
+            s = {t: p.to(dtype=ref.dtype, device=ref.device) for t, p in self.log_vars.items()}
+            return self.mt.combine(losses, s)
+        return self.mt.combine(losses)
+
+    def extra_repr(self) -> str:
+        return f"weighting={self.mt.weighting!r}, tasks={list(self.mt.tasks)}"
