@@ -273,6 +273,12 @@ def test_bce_with_logits_accepts_a_per_class_pos_weight():
     torch.testing.assert_close(
         torch.autograd.grad(ours, x)[0], torch.autograd.grad(theirs, x)[0], rtol=1e-10, atol=0
     )
+    # a per-class default from the registry works the same, in both backends
+    per_class = catalogue("bce_with_logits", pos_weight=[0.5, 1.0, 4.0])
+    torch.testing.assert_close(per_class(x, y), theirs)
+    assert float(per_class(x.detach().numpy(), y.numpy())) == pytest.approx(
+        theirs.item(), rel=1e-12
+    )
 
 
 def test_log_cosh_is_stable_for_large_residuals():
