@@ -430,16 +430,21 @@ class Registry:
         ]
         module = getattr(plugin, "__name__", None) or type(plugin).__module__
         provider = Provider(candidate.name, candidate.distribution, candidate.version, module)
+        problem = None
+        if not impls:
+            problem = (
+                f"module {module!r} has no register_losses hook implementation "
+                "(decorate it with @customloss.hookimpl)"
+            )
+        elif any(impl.hookwrapper or impl.wrapper for impl in impls):
+            problem = "its register_losses is a hook wrapper; it must be a plain hookimpl"
+        if problem is not None:
+            self._pm.unregister(plugin)
+            self._fail(candidate, "checking it", TypeError(problem), strict)
+            return
         registration = _Registration(self, provider)
         try:
-            if not impls:
-                raise TypeError(
-                    f"{module!r} has no register_losses hook implementation "
-                    "(decorate it with @customloss.hookimpl)"
-                )
             for impl in impls:
-                if impl.hookwrapper or impl.wrapper:
-                    raise TypeError("register_losses must not be a hook wrapper")
                 # Each plugin is called on its own: one pluggy hook call would stop
                 # at the first plugin that raises and hide the ones after it.
                 arguments = {"register": registration}
@@ -474,7 +479,9 @@ class Registry:
             )
         )
         if strict:
-            raise PluginLoadError(f"{message} (strict loading: {STRICT_ENV} is set)") from exc
+            raise PluginLoadError(
+                f"{message} (strict loading is on; set {DISABLE_ENV}={candidate.name} to skip it)"
+            ) from exc
         _warn(
             f"{message}. The other plugins are loaded; set {DISABLE_ENV}={candidate.name} "
             f"to skip it without this warning, or {STRICT_ENV}=1 to make it an error."

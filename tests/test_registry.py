@@ -100,6 +100,18 @@ def plugin(
     return module
 
 
+def wrapper_plugin() -> types.ModuleType:
+    module = types.ModuleType("plug_wrapper")
+
+    @cl.hookimpl(wrapper=True)
+    def register_losses(register):
+        register(sq("from_wrapper"))
+        return (yield)
+
+    module.register_losses = register_losses
+    return module
+
+
 def fresh(*entry_points: FakeEntryPoint, builtins: bool = False, **kwargs) -> Registry:
     return Registry(
         default_plugins=registry.DEFAULT_PLUGINS if builtins else (),
@@ -430,8 +442,9 @@ def test_unknown_name_mentions_plugins_that_failed():
             "TypeError: register() expects a customloss.Loss",
         ),
         (plugin("plug_dup", sq("dup"), sq("dup")), "'dup' is already registered by plugin 'bad'"),
+        (wrapper_plugin(), "checking it raised TypeError: its register_losses is a hook wrapper"),
     ],
-    ids=["no-hookimpl", "not-a-loss", "duplicate-in-plugin"],
+    ids=["no-hookimpl", "not-a-loss", "duplicate-in-plugin", "wrapper"],
 )
 def test_invalid_plugins_are_skipped_with_a_warning(module, expected):
     good = FakeEntryPoint("good", plugin(f"plug_good_{id(module)}", sq("good_sq")))
