@@ -114,7 +114,7 @@ def wrapper_plugin() -> types.ModuleType:
 
 def fresh(*entry_points: FakeEntryPoint, builtins: bool = False, **kwargs) -> Registry:
     return Registry(
-        default_plugins=registry.DEFAULT_PLUGINS if builtins else (),
+        default_plugins=(("builtin", "customloss.builtin"),) if builtins else (),
         entry_points=lambda: list(entry_points),
         strict=kwargs.pop("strict", False),
         disabled=kwargs.pop("disabled", ()),
