@@ -288,7 +288,9 @@ def _prepare(
             t = t.to(input.device)
         else:
             try:
-                t = torch.as_tensor(value, dtype=input.dtype, device=input.device)
+                # the compute dtype: half inputs must not round their params
+                dtype = torch.float32 if input.dtype in _HALF else input.dtype
+                t = torch.as_tensor(value, dtype=dtype, device=input.device)
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise TypeError(f"param {name!r} must be numeric: {exc}") from None
         _validate.check_broadcasts_to(f"param {name!r}", t.shape, input.shape)

@@ -33,8 +33,11 @@ def _as_tensor(name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
             raise TypeError(f"param {name!r} must be real")
         t = value if value.is_floating_point() else value.to(like.dtype)
         return t.to(like.device)
+    # Python/NumPy values become the *compute* dtype: a half-precision input must not
+    # round its params (beta = 0.999 is 1.0 in bfloat16)
+    dtype = torch.float32 if like.dtype in _HALF else like.dtype
     try:
-        return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+        return torch.as_tensor(value, dtype=dtype, device=like.device)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"param {name!r} must be numeric: {exc}") from None
 
