@@ -192,7 +192,7 @@ def ratio_row(case: str, ours: float, ref_name: str, ref: float, max_ratio: floa
 
 
 def print_table(title: str, rows: list[Row]) -> None:
-    header = ("case", "ours", "reference", "reference time", "ratio", "goal", "pass/fail")
+    header = ("case", "ours", "reference", "reference value", "ratio", "goal", "pass/fail")
     data = [header] + [
         (r.case, r.ours, r.reference, r.ref_value, r.ratio, r.goal, r.verdict) for r in rows
     ]
@@ -432,7 +432,8 @@ def _python(code: str, env: dict[str, str] | None = None) -> str:
     )
     if res.returncode != 0:
         raise RuntimeError(f"subprocess failed:\n{res.stderr[-2000:]}")
-    return res.stdout.strip().splitlines()[-1]
+    lines = res.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _wall(code: str) -> float:
@@ -701,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep", action="store_true", help="only the focal time-vs-N sweep and its plot"
     )
     ap.add_argument("--max-exp", type=int, default=8, help="largest N of the sweep is 10**max_exp")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument(
         "--no-processes",
@@ -711,6 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_child:
         memory_child(args.memory_child)
         return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n = args.n or (1 << 20 if args.quick else 4_000_000)
     reps = args.reps or (5 if args.quick else 15)
     device = torch.device("cpu")
