@@ -357,6 +357,11 @@ CATALOGUE: tuple[Loss, ...] = (
 
 @hookimpl
 def register_losses(register: RegisterLoss) -> None:
-    """Register the built-in catalogue (this module is the ``builtin`` plugin)."""
-    for item in CATALOGUE:
+    """Register the built-in catalogue (this module is the ``builtin`` plugin).
+
+    The class-axis losses of :mod:`customloss.builtin_classes` belong to it too.
+    """
+    from customloss.builtin_classes import CLASS_LOSSES
+
+    for item in (*CATALOGUE, *CLASS_LOSSES):
         register(item)

@@ -138,8 +138,8 @@ def _neg_term_of(term: sympy.Expr, func: type) -> sympy.Expr | None:
 
 def _rule_pow(e: sympy.Pow) -> sympy.Expr:
     base, ex = e.args
-    # (1 + exp(u))**(-k) -> Sigmoid(-u)**k
-    if base.is_Add and len(base.args) == 2 and ex.is_negative:
+    # (1 + exp(u))**e -> Sigmoid(-u)**(-e), for any exponent (e.g. sigmoid(x)**gamma)
+    if base.is_Add and len(base.args) == 2:
         one, other = _split_one(base)
         if one and isinstance(other, sympy.exp):
             return Sigmoid(-other.args[0]) ** (-ex)
@@ -305,10 +305,43 @@ def derivative(expr: sympy.Expr, wrt: sympy.Symbol, order: int = 1) -> sympy.Exp
     return sympy.diff(expr, wrt, order)
 
 
+def _guard_products(expr: sympy.Expr) -> sympy.Expr:
+    """Products whose vanishing factor must win over an infinite one.
+
+    * ``Heaviside(u) * X`` (from ``d Max/dx``) becomes ``where(u > 0, X, ...)``: where
+      the branch is not taken the product is 0 even if ``X`` is infinite there (the
+      derivative of ``max(log p, -100)`` at ``p = 0``).
+    * ``b**e * log(b)`` (from ``d b**e / de``) is 0 where ``b == 0`` and ``e > 0``.
+    """
+
+    def rule(m: sympy.Expr) -> sympy.Expr:
+        if not isinstance(m, sympy.Mul):
+            return m
+        factors = list(m.args)
+        for f in factors:
+            if isinstance(f, sympy.Heaviside):
+                u = f.args[0]
+                h0 = f.args[1] if len(f.args) > 1 else sympy.S.Half
+                rest = sympy.Mul(*[g for g in factors if g is not f])
+                return sympy.Piecewise(
+                    (rest, u > 0), (h0 * rest, sympy.Eq(u, 0)), (sympy.S.Zero, True)
+                )
+        logs = {f.args[0]: f for f in factors if isinstance(f, sympy.log)}
+        for f in factors:
+            if f.is_Pow and f.base in logs and f.exp.free_symbols:
+                return sympy.Piecewise(
+                    (sympy.S.Zero, sympy.And(sympy.Eq(f.base, 0), f.exp > 0)), (m, True)
+                )
+        return m
+
+    return expr.replace(lambda e: isinstance(e, sympy.Mul), rule)
+
+
 def _tidy(expr: sympy.Expr) -> sympy.Expr:
     # Merge powers of one base (b**g / b -> b**(g-1)) so no 0/0 remains, then
-    # re-stabilise forms the differentiation created (1 - Sigmoid(u), ...).
-    return stabilize(sympy.powsimp(expr, deep=True, combine="exp"))
+    # re-stabilise forms the differentiation created (1 - Sigmoid(u), ...), then keep
+    # vanishing chain-rule factors from meeting infinite ones.
+    return _guard_products(stabilize(sympy.powsimp(expr, deep=True, combine="exp")))
 
 
 def stable_derivatives(stable_expr: sympy.Expr, wrt: Iterable[sympy.Symbol]) -> list[sympy.Expr]:

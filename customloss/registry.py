@@ -597,12 +597,13 @@ class Registry:
             TypeError: a keyword is not a param of the loss (the message lists them).
         """
         loss = self._entry(name).loss
-        unknown = [k for k in defaults if k not in loss.params]
+        known = [*loss.params, *loss.options]  # options: e.g. ignore_index of class losses
+        unknown = [k for k in defaults if k not in known]
         if unknown:
             import difflib
 
-            valid = ", ".join(loss.params) or "none"
-            hint = difflib.get_close_matches(unknown[0], list(loss.params), n=1)
+            valid = ", ".join(known) or "none"
+            hint = difflib.get_close_matches(unknown[0], known, n=1)
             maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise TypeError(
                 f"loss {name!r} has no param {unknown[0]!r}{maybe}; valid params: {valid}"

@@ -30,7 +30,7 @@ from customloss.registry import (
     UnknownLossError,
 )
 
-BUILTIN_NAMES = [
+ELEMENTWISE_NAMES = [
     "asymmetric",
     "bce",
     "bce_with_logits",
@@ -44,6 +44,18 @@ BUILTIN_NAMES = [
     "quantile",
     "smooth_l1",
 ]
+CLASS_NAMES = [
+    "categorical_crossentropy",
+    "class_balanced",
+    "class_balanced_bce",
+    "class_balanced_focal",
+    "cross_entropy",
+    "kl_div",
+    "ldam",
+    "poly1",
+    "softmax_focal",
+]
+BUILTIN_NAMES = sorted(ELEMENTWISE_NAMES + CLASS_NAMES)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -162,7 +174,7 @@ def test_names_lists_the_builtin_catalogue_sorted():
 
 def test_names_filters_with_fnmatch_case_sensitively():
     reg = fresh(builtins=True)
-    assert reg.names("*focal*") == ["focal"]
+    assert reg.names("*focal*") == ["class_balanced_focal", "focal", "softmax_focal"]
     assert reg.names("bce*") == ["bce", "bce_with_logits"]
     assert reg.names("?ae") == ["mae"]
     assert reg.names("m[as]e") == ["mae", "mse"]
@@ -211,7 +223,7 @@ def test_unknown_name_is_a_key_error_suggesting_close_matches():
         KeyError, match=r"did you mean 'mae' or 'mse'\?|did you mean 'mse' or 'mae'\?"
     ):
         reg.get("mxe")
-    with pytest.raises(KeyError, match=r"unknown loss 'zzzz'; no registered loss .* all 12"):
+    with pytest.raises(KeyError, match=r"unknown loss 'zzzz'; no registered loss .* all 21"):
         reg.get("zzzz")
 
 

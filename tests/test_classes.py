@@ -1,0 +1,120 @@
+"""User-defined class-axis losses: shapes, chain rule, NumPy == Torch, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import customloss as cl
+
+
+@cl.loss(classes=True, params={"w": None})
+def wce(z, y, w):
+    return -cl.csum(w * y * cl.log_softmax(z))
+
+
+@cl.loss(classes=True, params={"a": None, "g": 1.5})
+def nested(z, y, a, g):
+    """Exercises nested reductions, per-class and scalar params, cmax."""
+    p = cl.softmax(z * a)
+    return cl.csum(y * (1 - p) ** g) * cl.logsumexp(z - cl.cmax(z)) + cl.cmax(a * z) ** 2
+
+
+W = [1.0, 2.0, 0.5, 4.0]
+
+
+def test_issue_example_with_tensors_and_numpy():
+    z = torch.randn(6, 4, dtype=torch.float64)
+    t = torch.randint(0, 4, (6,))
+    onehot = F.one_hot(t, 4).double()
+    w = torch.tensor(W, dtype=torch.float64)
+    ref = F.cross_entropy(z, t, weight=w, reduction="sum") / 6
+    torch.testing.assert_close(wce(z, onehot, w=w), ref)
+    torch.testing.assert_close(wce(z, t, w=w), ref)
+    assert float(wce(z.numpy(), onehot.numpy(), w=np.array(W))) == pytest.approx(ref.item())
+    assert float(wce(z.numpy(), t.numpy(), w=W)) == pytest.approx(ref.item())
+
+
+def test_chain_rule_through_nested_reductions_gradcheck():
+    z = torch.randn(5, 3, 2, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(5, 3, 2, dtype=torch.float64, requires_grad=True)
+    a = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    g = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z, y, a, g: nested(z, y, a=a, g=g), (z, y, a, g))
+    t = torch.randint(0, 3, (5, 2))
+    assert torch.autograd.gradcheck(lambda z, a, g: nested(z, t, a=a, g=g, reduction="sum"),
+                                    (z, a, g))
+
+
+def _torch_nested(z, y, a, g):
+    p = torch.softmax(z * a.view(1, -1, 1), 1)
+    lse = torch.logsumexp(z - z.amax(1, keepdim=True), 1)
+    return ((y * (1 - p) ** g).sum(1) * lse + (a.view(1, -1, 1) * z).amax(1) ** 2).mean()
+
+
+def test_nested_value_and_gradient_against_torch_composite():
+    z = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(4, 3, 5, dtype=torch.float64)
+    a = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    ours, ref = nested(z, y, a=a), _torch_nested(z, y, a, 1.5)
+    torch.testing.assert_close(ours, ref)
+    (g1,) = torch.autograd.grad(ours, z)
+    (g2,) = torch.autograd.grad(ref, z)
+    torch.testing.assert_close(g1, g2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 4), c=st.integers(2, 5), d=st.integers(1, 3),
+    scale=st.floats(0.1, 20), index=st.booleans(),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+)
+def test_numpy_equals_torch(n, c, d, scale, index, reduction):
+    rng = np.random.default_rng(n * 100 + c * 10 + d)
+    z = rng.normal(size=(n, c, d)) * scale
+    t = rng.integers(0, c, size=(n, d))
+    y = t if index else rng.dirichlet(np.ones(c), size=(n, d)).transpose(0, 2, 1)
+    a = rng.uniform(0.2, 2.0, size=c)
+    ours_np = nested(z, y, a=a, reduction=reduction)
+    zt = torch.tensor(z, requires_grad=True)
+    ours_t = nested(zt, torch.tensor(y), a=torch.tensor(a), reduction=reduction)
+    np.testing.assert_allclose(np.asarray(ours_np), ours_t.detach().numpy(), rtol=1e-9, atol=1e-12)
+    ours_t.sum().backward()
+    g_np = nested.gradient(z, y, a=a, reduction="sum" if reduction == "none" else reduction)
+    np.testing.assert_allclose(g_np, zt.grad.numpy(), rtol=1e-7, atol=1e-10)
+
+
+def test_numpy_gradient_wrt_per_class_param_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    z, t = rng.normal(size=(6, 4)), rng.integers(0, 4, size=6)
+    w = np.array(W)
+    got = wce.gradient(z, t, wrt="w", w=w, reduction="sum")
+    eps = 1e-6
+    fd = np.array([(float(wce(z, t, w=w + eps * e, reduction="sum"))
+                    - float(wce(z, t, w=w - eps * e, reduction="sum"))) / (2 * eps)
+                   for e in np.eye(4)])
+    np.testing.assert_allclose(got, fd, rtol=1e-6)
+
+
+def test_definition_errors():
+    with pytest.raises(ValueError, match="'z' has a class axis but is used outside a class reduction"):
+        @cl.loss(classes=True)
+        def bad(z, y):
+            return z + cl.csum(y)
+    with pytest.raises(ValueError, match="not declared with classes=True"):
+        @cl.loss()
+        def bad2(z, y):
+            return cl.csum(z * y)
+    with pytest.raises(TypeError, match="unknown param .class_dim."):
+        cl.define("e", "(p - y)**2", inputs=("p", "y"))(torch.zeros(2), torch.zeros(2), class_dim=1)
+
+
+def test_define_string_with_class_functions():
+    loss = cl.define("s", "-csum(y * log_softmax(z))", inputs=("z", "y"), classes=True)
+    z = torch.randn(3, 5, dtype=torch.float64)
+    t = torch.randint(0, 5, (3,))
+    torch.testing.assert_close(loss(z, t), F.cross_entropy(z, t))
