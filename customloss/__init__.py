@@ -31,6 +31,7 @@ from customloss.dsl import (
 from customloss.hookspecs import hookimpl
 from customloss.loss import Loss, define, loss
 from customloss.multitask import MultiTask, multitask
+from customloss.serialize import load
 from customloss.registry import PluginLoadWarning, get, info, names, register
 
 __version__ = "0.1.0"
@@ -54,6 +55,7 @@ __all__ = [
     "log_sigmoid",
     "log_softmax",
     "logsumexp",
+    "load",
     "loss",
     "maximum",
     "minimum",

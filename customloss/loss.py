@@ -548,10 +548,50 @@ class Loss:
         new.options = {**self.options, **options}
         return new
 
+    # -- serialization ---------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        """A plain dict (name, DSL text, inputs, params, version, sha256) that
+        ``cl.get(config)`` rebuilds exactly; see :mod:`customloss.serialize`."""
+        from customloss import serialize
+
+        return serialize.to_config(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from the mathematics, never from the defining function, so a pickle
+        # loads in a process that never ran the defining code.
+        state = {
+            "name": self.name, "expr": self.expr, "inputs": self.inputs,
+            "params": self.params, "classes": self.classes, "doc": self.doc,
+            "references": self.references, "source_text": self._source_text,
+            "index_mean_weight": self.index_mean_weight, "per_class": self.per_class,
+            "options": self.options,
+        }
+        return (_rebuild, (state,))
+
     # -- presentation ---------------------------------------------------------
     def __repr__(self) -> str:
         ps = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"Loss({self.name!r}, {self.expr}{', ' + ps if ps else ''})"
+
+    def _repr_latex_(self) -> str:
+        args = ", ".join(self.inputs)
+        return (
+            f"$\\displaystyle \\ell_{{\\mathrm{{{self.name}}}}}({args}) = {self.latex()}$"
+        )
+
+    def _repr_markdown_(self) -> str:
+        lines = [f"**{self.name}**" + (f": {self.doc.splitlines()[0]}" if self.doc else ""), ""]
+        lines.append(f"$$\\ell({', '.join(self.inputs)}) = {self.latex()}$$")
+        lines.append("")
+        lines.append(
+            f"$$\\frac{{\\partial \\ell}}{{\\partial {self.inputs[0]}}} = "
+            f"{self.grad_latex()}$$"
+        )
+        if self.params:
+            lines += ["", "| param | default |", "|---|---|"]
+            lines += [f"| `{k}` | {v if v is not None else 'required'} |"
+                      for k, v in self.params.items()]
+        return "\n".join(lines)
 
     def pretty(self) -> str:
         """The loss and its gradient, pretty-printed in Unicode."""
@@ -563,6 +603,20 @@ class Loss:
             + f"\n\nd{self.name}/d{self.inputs[0]} =\n"
             + sympy.pretty(self.grad(), use_unicode=True)
         )
+
+
+def _rebuild(state: dict[str, Any]) -> Loss:
+    """Unpickle a :class:`Loss` from its mathematics."""
+    per_class = state["per_class"]
+    implicit = {k for k, v in state["params"].items() if v is None or isinstance(v, tuple)}
+    new = Loss(
+        state["name"], state["expr"], inputs=state["inputs"], params=state["params"],
+        classes=state["classes"], doc=state["doc"] or None, references=state["references"],
+        source_text=state["source_text"], index_mean_weight=state["index_mean_weight"],
+        class_params=[k for k in per_class if k in state["params"] and k not in implicit],
+    )
+    new.options = dict(state["options"])
+    return new
 
 
 def _runtime(backend: str) -> Any:

@@ -217,7 +217,8 @@ def _check_power(node: ast.BinOp, limits: Limits) -> None:
 def _to_sympy(node: ast.AST, syms: dict[str, sympy.Symbol]) -> sympy.Basic:
     if isinstance(node, ast.Constant):
         v = node.value
-        return sympy.Integer(v) if isinstance(v, int) else sympy.Float(repr(v))
+        # the exact binary value of the Python float (what NumPy and torch compute with)
+        return sympy.Integer(v) if isinstance(v, int) else sympy.Float(v)
     if isinstance(node, ast.Name):
         return syms[node.id] if node.id in syms else _CONSTANTS[node.id]
     if isinstance(node, ast.UnaryOp):

@@ -579,8 +579,11 @@ class Registry:
             message += f"; note that plugin(s) {failed} failed to load (see PluginLoadWarning)"
         return message
 
-    def get(self, name: str, **defaults: Any) -> Loss:
+    def get(self, name: str | Mapping[str, Any] | Loss, **defaults: Any) -> Loss:
         """A new ``Loss`` for a registered name, optionally with other param defaults.
+
+        Like ``keras.losses.get``, ``name`` may also be a config dict (from
+        ``Loss.to_config()``, a YAML/Hydra config, ...) or a ``Loss``.
 
         The registered loss never changes: each call returns a fresh object.
 
@@ -596,7 +599,17 @@ class Registry:
                 close names).
             TypeError: a keyword is not a param of the loss (the message lists them).
         """
-        loss = self._entry(name).loss
+        from customloss.loss import Loss
+
+        if isinstance(name, Loss):  # like keras.losses.get: a loss passes through
+            loss = name
+        elif isinstance(name, Mapping):  # a config dict (Loss.to_config, YAML, ...)
+            from customloss.serialize import from_config
+
+            loss = from_config(name)
+            name = loss.name
+        else:
+            loss = self._entry(name).loss
         known = [*loss.params, *loss.options]  # options: e.g. ignore_index of class losses
         unknown = [k for k in defaults if k not in known]
         if unknown:
@@ -696,8 +709,9 @@ def names(pattern: str | None = None) -> list[str]:
     return default_registry.names(pattern)
 
 
-def get(name: str, **defaults: Any) -> Loss:
-    """A new ``Loss`` for a registered name, optionally with other param defaults.
+def get(name: str | Mapping[str, Any] | Loss, **defaults: Any) -> Loss:
+    """A new ``Loss`` for a registered name (or a config dict, or a ``Loss``),
+    optionally with other param defaults.
 
     Args:
         name: the registered name, e.g. ``"focal"``.

@@ -36,7 +36,7 @@ def parse(s):
             sympy.Piecewise((1, sympy.And(p >= 0, y < 1)), (2, True)),
         ),
         ("pi * E * p", sympy.pi * sympy.E * p),
-        ("2.5e-3 * p", sympy.Float("2.5e-3") * p),
+        ("2.5e-3 * p", sympy.Float(2.5e-3) * p),
     ],
 )
 def test_accepted_expressions_equal_hand_built_sympy(source, expected):

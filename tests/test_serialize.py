@@ -1,0 +1,168 @@
+"""Loss files and serialization: config round trips, TOML, pickle, torch.save."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import sympy
+import torch
+import torch.nn.functional as F
+
+import customloss as cl
+
+
+def _inputs(loss, seed=0):
+    rng = np.random.default_rng(seed)
+    if loss.classes:
+        z = rng.normal(size=(6, 4)) * 3
+        if loss.name in ("categorical_crossentropy", "kl_div"):
+            z = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        return z, rng.integers(0, 4, size=6) if loss.name != "kl_div" else rng.dirichlet(
+            np.ones(4), size=6)
+    x = np.concatenate([rng.normal(size=12) * 3, [-1e4, -30.0, 30.0, 1e4]])
+    if loss.name in ("bce",):
+        x = 1 / (1 + np.exp(-np.clip(x, -50, 50)))
+    y = (rng.uniform(size=x.size) > 0.5).astype(float)
+    if loss.name == "hinge":
+        y = 2 * y - 1
+    return x, y
+
+
+def _required(loss):
+    return {k: np.array([10.0, 5.0, 2.0, 1.0]) for k, v in loss.params.items() if v is None}
+
+
+@pytest.mark.parametrize("name", cl.names())
+def test_every_registered_loss_round_trips_through_json(name):
+    loss = cl.get(name)
+    cfg = json.loads(json.dumps(loss.to_config()))
+    assert set(cfg) >= {"name", "expr", "inputs", "params", "customloss_version", "sha256"}
+    again = cl.get(cfg)
+    assert again.params == loss.params and again.inputs == loss.inputs
+    x, y = _inputs(loss)
+    kw = _required(loss)
+    np.testing.assert_array_equal(again(x, y, reduction="none", **kw),
+                                  loss(x, y, reduction="none", **kw))
+    np.testing.assert_array_equal(again.gradient(x, y, **kw), loss.gradient(x, y, **kw))
+    assert sympy.simplify(again.expr - loss.expr) == 0 or sympy.srepr(again.expr) == sympy.srepr(loss.expr)
+
+
+def test_get_accepts_name_config_and_loss_with_defaults():
+    focal = cl.get("focal")
+    assert cl.get(focal, gamma=1.0).params["gamma"] == 1.0
+    assert cl.get(focal.to_config(), gamma=3.0).params["gamma"] == 3.0
+    assert focal.params["gamma"] == 2.0
+
+
+TOML = """
+name = "my_focal"
+expr = "-(a*y*(1 - sigmoid(x))**g*log(sigmoid(x)) + (1 - a)*(1 - y)*sigmoid(x)**g*log(1 - sigmoid(x)))"
+inputs = ["x", "y"]
+doc = "Focal loss from a file."
+references = ["Lin et al. 2017"]
+
+[params]
+a = 0.25
+g = 2.0
+"""
+
+
+def test_load_toml_file(tmp_path):
+    path = tmp_path / "my_focal.toml"
+    path.write_text(TOML)
+    loss = cl.load(path)
+    assert loss.name == "my_focal" and loss.params == {"a": 0.25, "g": 2.0}
+    assert loss.references == ("Lin et al. 2017",)
+    x = torch.randn(20, dtype=torch.float64)
+    y = (torch.rand(20) > 0.5).double()
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    p_t = p * y + (1 - p) * (1 - y)
+    ref = ((0.25 * y + 0.75 * (1 - y)) * ce * (1 - p_t) ** 2).mean()
+    torch.testing.assert_close(loss(x, y), ref)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('name = "x"\nexpr = "p"\ninputs = ["p", "y"]\ncolour = 1\n', "unknown key 'colour'"),
+        ('name = "x"\ninputs = ["p", "y"]\n', "missing the key 'expr'"),
+        ('name = "x"\nexpr = "p + yy"\ninputs = ["p", "y"]\n', "unknown symbol 'yy'"),
+        ('name = "x"\nexpr = "p\n', "not valid TOML"),
+        ('name = "x"\nexpr = "__import__(1)"\ninputs = ["p", "y"]\n', "unknown function"),
+    ],
+)
+def test_bad_loss_files_name_the_file_and_problem(tmp_path, content, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        cl.load(path)
+    assert "bad.toml" in str(info.value)
+
+
+def test_unreadable_file_and_tampered_config(tmp_path):
+    with pytest.raises(ValueError, match="cannot read loss file .*missing.toml"):
+        cl.load(tmp_path / "missing.toml")
+    cfg = cl.get("mse").to_config()
+    cfg["expr"] = "(p - y)**4"
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        cl.get(cfg)
+
+
+def test_expression_without_dsl_spelling_is_refused():
+    @cl.loss()
+    def wavy(p, y):
+        return sympy.sin(p - y) ** 2
+
+    with pytest.raises(ValueError, match="'sin' has no DSL spelling"):
+        wavy.to_config()
+
+
+@cl.loss(params={"k": 2.0})
+def user_loss(p, y, k):
+    return (1 + k * y) * cl.log(cl.cosh(p - y))
+
+
+def test_pickle_and_deepcopy_rebuild_from_the_mathematics():
+    for clone in (pickle.loads(pickle.dumps(user_loss)), copy.deepcopy(user_loss)):
+        assert clone.expr == user_loss.expr and clone.params == user_loss.params
+        x, y = np.linspace(-3, 3, 7), np.zeros(7)
+        np.testing.assert_array_equal(clone(x, y, reduction="none"), user_loss(x, y, reduction="none"))
+    ce = pickle.loads(pickle.dumps(cl.get("cross_entropy", ignore_index=3)))
+    assert ce.options["ignore_index"] == 3 and ce.per_class == cl.get("cross_entropy").per_class
+
+
+def test_pickle_and_torch_save_load_in_a_fresh_process(tmp_path):
+    module = user_loss.torch(k=3.0)
+    torch.save(module, tmp_path / "module.pt")
+    (tmp_path / "loss.pkl").write_bytes(pickle.dumps(user_loss))
+    x = torch.linspace(-2, 2, 5, dtype=torch.float64)
+    y = torch.zeros(5, dtype=torch.float64)
+    expected = [module(x, y).item(), user_loss(x, y).item()]
+    code = textwrap.dedent(f"""
+        import pickle, torch
+        m = torch.load({str(tmp_path / 'module.pt')!r}, weights_only=False)
+        loss = pickle.loads(open({str(tmp_path / 'loss.pkl')!r}, 'rb').read())
+        x = torch.linspace(-2, 2, 5, dtype=torch.float64)
+        y = torch.zeros(5, dtype=torch.float64)
+        print(m(x, y).item(), loss(x, y).item())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path).stdout.split()
+    assert [float(v) for v in out] == pytest.approx(expected, rel=1e-15)
+
+
+def test_notebook_representations():
+    focal = cl.get("focal")
+    latex = focal._repr_latex_()
+    assert latex.startswith("$") and latex.endswith("$") and "gamma" in latex
+    md = focal._repr_markdown_()
+    assert "**focal**" in md and "\\frac{\\partial \\ell}{\\partial x}" in md
+    assert "| `gamma` | 2.0 |" in md
