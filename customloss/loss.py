@@ -39,6 +39,10 @@ def _check_identifier(kind: str, name: str) -> None:
 def _normalise_default(name: str, value: Any) -> ParamDefault:
     if value is None:
         return None
+    if hasattr(value, "tolist") and not isinstance(value, (int, float)):
+        # NumPy arrays and tensors: defaults are stored as plain numbers (a learnable
+        # tensor param is passed at call time instead)
+        value = value.tolist()
     if isinstance(value, bool):
         raise TypeError(f"param {name!r}: default must be a number, got a bool")
     if isinstance(value, (int, float)):
