@@ -31,7 +31,11 @@ Compilation is per kernel (``kernel.source`` is the cache key) and per *signatur
 of the arguments (dtype, device, number of dimensions, which sizes are 0 or 1, which
 sizes are equal, contiguity, ``requires_grad``, grad mode): exactly what
 ``torch.compile`` guards on with ``dynamic=True``, so a new batch size ``N`` reuses
-the compiled kernel and never recompiles.  A call whose signature has no compiled
+the compiled kernel and never recompiles.  On the CPU the signature also records
+whether the input is *large* (at least :data:`PARALLEL_MIN_NUMEL` = 32768 elements,
+ATen's grain size): Inductor decides at compile time, from the example sizes, whether
+its loop is OpenMP-parallel, and a parallel loop costs a thread fork/join that small
+inputs should not pay, so large and small inputs get separate kernels.  A call whose signature has no compiled
 kernel yet runs eagerly (and, under the policy above, queues a compile).  Compiled
 kernels are run through ``torch._dynamo.run`` (run-only mode): should a guard fail
 anyway, Dynamo runs the eager code instead of compiling in the caller's thread.
@@ -85,6 +89,7 @@ __all__ = [
     "ENV_SWITCH",
     "ENV_WARMUP",
     "MAX_SIGNATURES",
+    "PARALLEL_MIN_NUMEL",
     "MAX_SPECIALIZATIONS",
     "KernelStatus",
     "compile_ahead",
@@ -107,6 +112,9 @@ DEFAULT_WARMUP = 3
 MAX_SPECIALIZATIONS = 4
 #: Compiled signatures per kernel function (Dynamo's own recompile limit is 8).
 MAX_SIGNATURES = 6
+#: On the CPU, inputs with at least this many elements get a kernel compiled with an
+#: OpenMP-parallel loop, smaller ones a serial kernel (ATen's grain size, 32768).
+PARALLEL_MIN_NUMEL = 1 << 15
 
 _OFF = frozenset({"0", "off", "false", "no", "eager"})
 _ON = frozenset({"1", "on", "true", "yes"})
@@ -165,6 +173,7 @@ class _Entry:
     templates: tuple[_ArgTemplate, ...]
     grad_enabled: bool
     specialized: tuple[tuple[int, float], ...]
+    large: bool = False
     state: str = COLD
     hot_calls: int = 0
     eager_calls: int = 0
@@ -187,6 +196,7 @@ class KernelStatus:
         compiled_calls: calls served by the compiled kernel.
         compile_seconds: wall time of the compile, once finished.
         error: why the compile failed or was skipped.
+        large: compiled for large CPU inputs (a parallel loop).
     """
 
     name: str
@@ -196,6 +206,7 @@ class KernelStatus:
     compiled_calls: int
     compile_seconds: float | None
     error: str | None
+    large: bool = False
 
 
 _LOCK = threading.RLock()
@@ -258,24 +269,43 @@ def _signature(args: tuple[Any, ...], skip: frozenset[int], torch: Any) -> tuple
 
 
 def _function_for(
-    kernel: Kernel, spec: tuple[tuple[int, float], ...], nargs: int
+    kernel: Kernel, spec: tuple[tuple[int, float], ...], nargs: int, reduce: str | None = None
 ) -> Callable[..., tuple[Any, ...]]:
-    """The Python function to compile: the kernel, or a wrapper with constant params."""
-    if not spec:
+    """The Python function to compile (or run eagerly).
+
+    The kernel itself, or a generated wrapper that passes specialised params as
+    constants and/or sums the first output (``reduce="sum"``), so that Inductor fuses
+    the reduction into the kernel's loop and the elementwise values are never stored.
+    """
+    if not spec and reduce is None:
         return kernel.fn
-    key = (kernel.source, spec)
+    key = (kernel.source, spec, reduce)
     fn = _FUNCTIONS.get(key)
     if fn is None:
         fixed = dict(spec)
         names = [f"a{i}" for i in range(nargs)]
         call = [repr(fixed[i]) if i in fixed else names[i] for i in range(nargs)]
-        ident = f"{kernel.fn.__name__}_specialized_{len(_SPECS.get(kernel.source, ()))}"
-        source = f"def {ident}({', '.join(names)}):\n    return _kernel({', '.join(call)})\n"
+        ident = kernel.fn.__name__
+        if spec:
+            ident += f"_specialized_{len(_SPECS.get(kernel.source, ()))}"
+        if reduce:
+            ident += f"_{reduce}"
+        body = f"_kernel({', '.join(call)})"
+        if reduce == "sum":
+            body = f"(lambda _o: (_o[0].sum(), *_o[1:]))({body})"
+        source = f"def {ident}({', '.join(names)}):\n    return {body}\n"
         namespace: dict[str, Any] = {"_kernel": kernel.fn}
         exec(compile(source, f"<customloss-fast {ident}>", "exec"), namespace)
         fn = namespace[ident]
         _FUNCTIONS[key] = fn
     return fn
+
+
+def _eager_for(kernel: Kernel, nargs: int, reduce: str | None) -> Callable[..., tuple[Any, ...]]:
+    if reduce is None:
+        return kernel.fn
+    with _LOCK:
+        return _function_for(kernel, (), nargs, reduce)
 
 
 def _template(a: Any, torch: Any) -> _ArgTemplate | Any:
@@ -291,15 +321,17 @@ def _template(a: Any, torch: Any) -> _ArgTemplate | Any:
     )
 
 
-def _examples(templates: tuple[Any, ...], torch: Any) -> list[Any]:
+def _examples(templates: tuple[Any, ...], torch: Any, large: bool = False) -> list[Any]:
     """Stand-in arguments for a compile: same signature, no shared data.
 
-    When every tensor is contiguous, sizes >= 2 are replaced by small distinct sizes
-    (equal sizes stay equal), which keeps the compile cheap in memory; otherwise the
-    exact sizes and strides are used.
+    Inductor decides from the example sizes whether the C++ loop is OpenMP-parallel.
+    For a ``large`` signature the real sizes are used (parallel loop); otherwise, when
+    every tensor is contiguous, sizes >= 2 are replaced by small distinct sizes (equal
+    sizes stay equal), which gives a serial loop and keeps the compile cheap.
+    Non-contiguous tensors keep their exact sizes and strides.
     """
     tensors = [t for t in templates if isinstance(t, _ArgTemplate)]
-    small = all(t.contiguous for t in tensors)
+    small = not large and all(t.contiguous for t in tensors)
     remap: dict[int, int] = {}
     out: list[Any] = []
     for t in templates:
@@ -309,6 +341,8 @@ def _examples(templates: tuple[Any, ...], torch: Any) -> list[Any]:
         if small:
             shape = tuple(s if s < 2 else remap.setdefault(s, 2 + len(remap)) for s in t.shape)
             x = torch.zeros(shape, dtype=t.dtype, device=t.device)
+        elif t.contiguous:
+            x = torch.zeros(t.shape, dtype=t.dtype, device=t.device)
         else:
             extent = (
                 1 + sum((s - 1) * st for s, st in zip(t.shape, t.stride, strict=True))
@@ -336,7 +370,7 @@ def _compile(entry: _Entry) -> None:
     start = time.perf_counter()
     try:
         compiled = torch.compile(entry.function, dynamic=True)
-        examples = _examples(entry.templates, torch)
+        examples = _examples(entry.templates, torch, entry.large)
         with torch.set_grad_enabled(entry.grad_enabled):
             compiled(*examples)
         runner = torch._dynamo.run(entry.function)
@@ -382,24 +416,32 @@ def _enqueue(entry: _Entry) -> None:
     _QUEUE.put(entry)
 
 
-def kernel_callable(kernel: Kernel, args: tuple[Any, ...]) -> Callable[..., tuple[Any, ...]]:
+def kernel_callable(
+    kernel: Kernel, args: tuple[Any, ...], *, reduce: str | None = None
+) -> Callable[..., tuple[Any, ...]]:
     """The callable to run ``kernel`` on ``args``: compiled when ready, else eager.
 
     Args:
         kernel: a generated kernel (``kernel.fn`` is the eager function).
         args: the arguments it is about to be called with (tensors: prediction,
             target, then params).
+        reduce: ``None``, or ``"sum"`` to get the sum of the first output (a 0-d
+            tensor) instead of the elementwise values; compiled, the sum is fused
+            into the kernel's loop and the values are never stored.
 
     Returns:
         A function taking the same arguments as ``kernel.fn`` and returning the same
-        tuple of tensors.
+        tuple of tensors (with the first one summed when ``reduce="sum"``).
     """
+    if reduce not in (None, "sum"):
+        raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
+    eager = _eager_for(kernel, len(args), reduce)
     m = mode()
     if m == "off" or not args:
-        return kernel.fn
+        return eager
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(args[0], torch.Tensor) or _is_compiling(torch):
-        return kernel.fn
+        return eager
     sync = m == "sync" or getattr(_LOCAL, "sync", False)
     spec = _specialization(kernel, args, torch)
     with _LOCK:
@@ -410,16 +452,29 @@ def kernel_callable(kernel: Kernel, args: tuple[Any, ...]) -> Callable[..., tupl
             else:
                 seen.add(spec)
         skip = frozenset(i for i, _ in spec)
-        key = (kernel.source, spec, _signature(args, skip, torch), torch.is_grad_enabled())
+        large = (
+            args[0].device.type == "cpu"
+            and max((a.numel() for a in args if isinstance(a, torch.Tensor)), default=0)
+            >= PARALLEL_MIN_NUMEL
+        )
+        key = (
+            large,
+            kernel.source,
+            spec,
+            reduce,
+            _signature(args, skip, torch),
+            torch.is_grad_enabled(),
+        )
         entry = _ENTRIES.get(key)
         if entry is None:
-            function = _function_for(kernel, spec, len(args))
+            function = _function_for(kernel, spec, len(args), reduce)
             entry = _Entry(
                 name=getattr(function, "__name__", "kernel"),
                 function=function,
                 templates=tuple(_template(a, torch) for a in args),
                 grad_enabled=torch.is_grad_enabled(),
                 specialized=spec,
+                large=large,
             )
             count = _SIGNATURES.get(id(function), 0)
             if count >= MAX_SIGNATURES:
@@ -446,7 +501,7 @@ def kernel_callable(kernel: Kernel, args: tuple[Any, ...]) -> Callable[..., tupl
             entry.compiled_calls += 1
             return entry.runner
         entry.eager_calls += 1
-    return kernel.fn
+    return eager
 
 
 @contextlib.contextmanager
@@ -479,7 +534,10 @@ def compile_ahead(
 
     Args:
         loss: the loss.
-        input: an example prediction tensor; default ``torch.randn(1024)``.
+        input: an example prediction tensor; default ``torch.randn(65536)``.  On the
+            CPU, inputs of at least :data:`PARALLEL_MIN_NUMEL` elements and smaller ones
+            get different kernels (parallel / serial loop): give an example of the
+            size you will train with.
         target: an example target; default zeros like ``input``.
         requires_grad: compile for training (``True``: the fused loss-and-gradient
             kernel) and/or evaluation (``False``: the value kernel).
@@ -493,7 +551,7 @@ def compile_ahead(
     import torch
 
     if input is None:
-        input = torch.randn(1024)
+        input = torch.randn(1 << 16)
     if target is None:
         target = torch.zeros_like(input)
     statuses: list[KernelStatus] = []
@@ -514,6 +572,7 @@ def _status(entry: _Entry) -> KernelStatus:
         entry.compiled_calls,
         entry.compile_seconds,
         entry.error,
+        entry.large,
     )
 
 

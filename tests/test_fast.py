@@ -186,6 +186,34 @@ def test_ready_kernel_is_served_and_eager_is_not(fake_compile: list[Any]) -> Non
     assert fast.kernel_callable(k, _args(12345)) is runner  # another N: same kernel
 
 
+def test_reduce_sum_eager_sums_the_values_and_keeps_the_gradient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(fast.ENV_SWITCH, "0")
+    k = _kernel(focal)
+    args = _args(100, 0.25, 2.0)
+    with torch.no_grad():
+        total, d = fast.kernel_callable(k, args, reduce="sum")(*args)
+        values, d_ref = k.fn(*args)
+    assert total.dim() == 0
+    torch.testing.assert_close(total, values.sum())
+    torch.testing.assert_close(d, d_ref, rtol=0, atol=0)
+
+
+def test_reduce_rejects_unknown_reductions() -> None:
+    with pytest.raises(ValueError, match="reduce must be None or 'sum'"):
+        fast.kernel_callable(_kernel(), _args(3), reduce="mean")
+
+
+def test_reduce_variant_is_a_separate_kernel(fake_compile: list[Any]) -> None:
+    k = _kernel()
+    args = _args(10)
+    fast.kernel_callable(k, args)
+    fast.kernel_callable(k, args, reduce="sum")
+    names = sorted(s.name for s in fast.status())
+    assert len(names) == 2 and names[1].endswith("_sum")
+
+
 # --------------------------------------------------------------------------- signatures
 
 
@@ -202,6 +230,15 @@ def test_signature_ignores_sizes_but_not_dtype_grad_or_size_one() -> None:
     assert sig((torch.randn(3, 3),), no, torch) != sig((torch.randn(3, 4),), no, torch)
     assert sig((torch.randn(3, 3),), no, torch) == sig((torch.randn(7, 7),), no, torch)
     assert a != sig((torch.randn(20)[::2], torch.randn(10)), no, torch)  # not contiguous
+
+
+def test_large_and_small_cpu_inputs_get_separate_kernels(fake_compile: list[Any]) -> None:
+    k = _kernel()
+    fast.kernel_callable(k, _args(100))
+    fast.kernel_callable(k, _args(fast.PARALLEL_MIN_NUMEL - 1))
+    fast.kernel_callable(k, _args(fast.PARALLEL_MIN_NUMEL))
+    fast.kernel_callable(k, _args(10 * fast.PARALLEL_MIN_NUMEL))
+    assert sorted((s.large, s.eager_calls) for s in fast.status()) == [(False, 2), (True, 2)]
 
 
 def test_scalar_params_are_specialised_tensor_params_are_not(fake_compile: list[Any]) -> None:
@@ -239,6 +276,10 @@ def test_compile_examples_keep_the_size_pattern_and_strides() -> None:
         torch,
     )
     assert [tuple(e.shape) for e in small] == [(2, 3), (2, 3), (3,)]
+    large = fast._examples(
+        (t(torch.randn(40000), torch), t(torch.randn(40000), torch)), torch, True
+    )
+    assert [tuple(e.shape) for e in large] == [(40000,), (40000,)]
     base = torch.randn(10, 1).expand(10, 6)
     odd = fast._examples((t(base, torch), t(torch.randn(10, 6).t(), torch)), torch)
     assert odd[0].shape == (10, 6) and odd[0].stride() == base.stride()
@@ -413,11 +454,28 @@ def test_compiled_equals_eager_with_overridden_and_tensor_params(
 
 
 @pytest.mark.slow
+def test_compiled_sum_reduction_equals_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fast.ENV_SWITCH, "sync")
+    k = _kernel(focal)
+    x = torch.cat([torch.tensor(EXTREME), torch.randn(5000) * 4]).requires_grad_()
+    args = (x, torch.rand(len(x)).round(), torch.tensor(0.25), torch.tensor(2.0))
+    with torch.no_grad():
+        total, d = fast.kernel_callable(k, args, reduce="sum")(*args)
+        values, d_ref = k.fn(*args)
+    (st,) = fast.status()
+    assert st.state == "ready" and st.compiled_calls == 1 and st.name.endswith("_sum")
+    torch.testing.assert_close(total, values.sum(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(d, d_ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
 def test_one_compile_serves_every_n(monkeypatch: pytest.MonkeyPatch) -> None:
-    statuses = fast.compile_ahead(MSE)
-    assert statuses and all(s.state == "ready" for s in statuses)
+    statuses = fast.compile_ahead(MSE)  # large inputs: a parallel loop
+    statuses += fast.compile_ahead(MSE, torch.randn(8))  # small inputs: a serial loop
+    assert len(statuses) == 4 and all(s.state == "ready" for s in statuses)
+    assert sorted(s.large for s in statuses) == [False, False, True, True]
     n_entries = len(fast.status())
-    for n in (2, 17, 1000, 100_003):
+    for n in (2, 17, 1000, 40_000, 100_003):
         x = torch.randn(n, requires_grad=True)
         y = torch.randn(n)
         with torch.profiler.profile() as prof:
