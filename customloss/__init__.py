@@ -31,8 +31,8 @@ from customloss.dsl import (
 from customloss.hookspecs import hookimpl
 from customloss.loss import Loss, define, loss
 from customloss.multitask import MultiTask, multitask
-from customloss.serialize import load
 from customloss.registry import PluginLoadWarning, get, info, names, register
+from customloss.serialize import load
 
 __version__ = "0.1.0"
 

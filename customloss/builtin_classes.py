@@ -148,7 +148,10 @@ def class_balanced(base: str = "ce") -> Loss:
             return cl.csum(weights(counts, beta) * bce * (1 - p_t) ** gamma)
 
     return loss(
-        name, classes=True, params=params, doc=class_balanced.__doc__,
+        name,
+        classes=True,
+        params=params,
+        doc=class_balanced.__doc__,
         references=("Cui et al. 2019, Class-Balanced Loss, eq. 3",),
     )(fn)
 

@@ -504,13 +504,13 @@ def class_derivative(expr: sympy.Expr, v: sympy.Symbol) -> sympy.Expr:
     """
     reds = _top_reductions(expr)
     dummies = [sympy.Dummy(f"r{i}") for i in range(len(reds))]
-    e_r = expr.xreplace(dict(zip(reds, dummies)))
+    e_r = expr.xreplace(dict(zip(reds, dummies, strict=False)))
     out = sympy.diff(e_r, v)
-    for red, r in zip(reds, dummies):
+    for red, r in zip(reds, dummies, strict=False):
         d_r = sympy.diff(e_r, r)
         if d_r != 0:
             out += d_r * _reduction_derivative(red, v)
-    return out.xreplace(dict(zip(dummies, reds)))
+    return out.xreplace(dict(zip(dummies, reds, strict=False)))
 
 
 def _reduction_derivative(red: _ClassReduction, v: sympy.Symbol) -> sympy.Expr:
@@ -518,13 +518,13 @@ def _reduction_derivative(red: _ClassReduction, v: sympy.Symbol) -> sympy.Expr:
     w = red.weight()
     inner = _top_reductions(u)
     dummies = [sympy.Dummy(f"i{i}") for i in range(len(inner))]
-    u_r = u.xreplace(dict(zip(inner, dummies)))
+    u_r = u.xreplace(dict(zip(inner, dummies, strict=False)))
     out = w * sympy.diff(u_r, v)
-    for red_in, r in zip(inner, dummies):
+    for red_in, r in zip(inner, dummies, strict=False):
         d_r = sympy.diff(u_r, r)
         if d_r != 0:
             out += CSum(w * d_r) * _reduction_derivative(red_in, v)
-    return out.xreplace(dict(zip(dummies, inner)))
+    return out.xreplace(dict(zip(dummies, inner, strict=False)))
 
 
 def simplify_reductions(expr: sympy.Expr, per_class: Iterable[sympy.Symbol]) -> sympy.Expr:
@@ -542,8 +542,9 @@ def simplify_reductions(expr: sympy.Expr, per_class: Iterable[sympy.Symbol]) -> 
         if not isinstance(e, CSum):
             return e
         (u,) = e.args
-        u = sympy.expand(u, deep=False, mul=True, power_exp=False, power_base=False,
-                         log=False, multinomial=False)
+        u = sympy.expand(
+            u, deep=False, mul=True, power_exp=False, power_base=False, log=False, multinomial=False
+        )
         terms = []
         for t in sympy.Add.make_args(u):
             outside, inside = [], []
@@ -577,8 +578,11 @@ def _rule_class(e: sympy.Basic) -> sympy.Basic:
     if isinstance(e, sympy.Mul):
         factors = list(e.args)
         for i, f in enumerate(factors):
-            if f.is_Pow and f.exp == -1 and isinstance(f.base, CSum) and isinstance(
-                f.base.args[0], sympy.exp
+            if (
+                f.is_Pow
+                and f.exp == -1
+                and isinstance(f.base, CSum)
+                and isinstance(f.base.args[0], sympy.exp)
             ):
                 u = f.base.args[0].args[0]
                 for j, g in enumerate(factors):
@@ -618,9 +622,9 @@ def gather_targets(
     def at_target(b: sympy.Expr) -> sympy.Expr:
         reds = _top_reductions(b)
         dummies = [sympy.Dummy() for _ in reds]
-        masked = b.xreplace(dict(zip(reds, dummies)))
+        masked = b.xreplace(dict(zip(reds, dummies, strict=False)))
         masked = masked.xreplace({s: gathered[s] for s in masked.free_symbols & per_class})
-        return masked.xreplace(dict(zip(dummies, reds)))
+        return masked.xreplace(dict(zip(dummies, reds, strict=False)))
 
     def visit(e: sympy.Basic) -> sympy.Basic:
         if e.is_Atom:

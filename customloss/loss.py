@@ -195,7 +195,9 @@ class Loss:
                 raise ValueError(f"loss {name!r}: class_params needs classes=True")
             raise ValueError(f"loss {name!r}: index_mean_weight needs classes=True")
         else:
-            reds = [a for a in expr.atoms(sympy.Function) if isinstance(a, calculus.CLASS_REDUCTIONS)]
+            reds = [
+                a for a in expr.atoms(sympy.Function) if isinstance(a, calculus.CLASS_REDUCTIONS)
+            ]
             if reds:
                 raise ValueError(
                     f"loss {name!r} uses the class reduction {reds[0]} but was not "
@@ -206,7 +208,10 @@ class Loss:
             {"class_dim": None, "ignore_index": -100} if self.classes else {}
         )
         self._key = (
-            sympy.srepr(expr), self.inputs, tuple(self.params), self.per_class,
+            sympy.srepr(expr),
+            self.inputs,
+            tuple(self.params),
+            self.per_class,
             sympy.srepr(self.index_mean_weight),
         )
 
@@ -413,8 +418,14 @@ class Loss:
                 args = [z, y, *params]
             kernel_builds += 1
             return codegen.generate_kernel(
-                "_".join([self.name, backend, mode, *[lbl for lbl, _ in outs]]).replace("@", "_at_"),
-                args, outs, _runtime(backend), prelude=prelude, expand=shapes,
+                "_".join([self.name, backend, mode, *[lbl for lbl, _ in outs]]).replace(
+                    "@", "_at_"
+                ),
+                args,
+                outs,
+                _runtime(backend),
+                prelude=prelude,
+                expand=shapes,
             )
 
         return _cached(key, build)
@@ -434,8 +445,7 @@ class Loss:
             for n in names:
                 self._symbol(n)
             return "\n".join(
-                self._class_kernel(backend, mode, names, True).source
-                for mode in ("prob", "index")
+                self._class_kernel(backend, mode, names, True).source for mode in ("prob", "index")
             )
         if wrt is None:
             parts = [
@@ -485,7 +495,12 @@ class Loss:
             from customloss import torch_backend
 
             return torch_backend.evaluate(
-                self, input, target, reduction=reduction, weight=weight, params=values,
+                self,
+                input,
+                target,
+                reduction=reduction,
+                weight=weight,
+                params=values,
                 **options,
             )
         from customloss import numpy_backend
@@ -521,7 +536,13 @@ class Loss:
         from customloss import numpy_backend
 
         return numpy_backend.gradient(
-            self, input, target, wrt=name, reduction=reduction, weight=weight, params=values,
+            self,
+            input,
+            target,
+            wrt=name,
+            reduction=reduction,
+            weight=weight,
+            params=values,
             **options,
         )
 
@@ -564,10 +585,16 @@ class Loss:
         # Rebuilt from the mathematics, never from the defining function, so a pickle
         # loads in a process that never ran the defining code.
         state = {
-            "name": self.name, "expr": self.expr, "inputs": self.inputs,
-            "params": self.params, "classes": self.classes, "doc": self.doc,
-            "references": self.references, "source_text": self._source_text,
-            "index_mean_weight": self.index_mean_weight, "per_class": self.per_class,
+            "name": self.name,
+            "expr": self.expr,
+            "inputs": self.inputs,
+            "params": self.params,
+            "classes": self.classes,
+            "doc": self.doc,
+            "references": self.references,
+            "source_text": self._source_text,
+            "index_mean_weight": self.index_mean_weight,
+            "per_class": self.per_class,
             "options": self.options,
         }
         return (_rebuild, (state,))
@@ -579,22 +606,20 @@ class Loss:
 
     def _repr_latex_(self) -> str:
         args = ", ".join(self.inputs)
-        return (
-            f"$\\displaystyle \\ell_{{\\mathrm{{{self.name}}}}}({args}) = {self.latex()}$"
-        )
+        return f"$\\displaystyle \\ell_{{\\mathrm{{{self.name}}}}}({args}) = {self.latex()}$"
 
     def _repr_markdown_(self) -> str:
         lines = [f"**{self.name}**" + (f": {self.doc.splitlines()[0]}" if self.doc else ""), ""]
         lines.append(f"$$\\ell({', '.join(self.inputs)}) = {self.latex()}$$")
         lines.append("")
         lines.append(
-            f"$$\\frac{{\\partial \\ell}}{{\\partial {self.inputs[0]}}} = "
-            f"{self.grad_latex()}$$"
+            f"$$\\frac{{\\partial \\ell}}{{\\partial {self.inputs[0]}}} = {self.grad_latex()}$$"
         )
         if self.params:
             lines += ["", "| param | default |", "|---|---|"]
-            lines += [f"| `{k}` | {v if v is not None else 'required'} |"
-                      for k, v in self.params.items()]
+            lines += [
+                f"| `{k}` | {v if v is not None else 'required'} |" for k, v in self.params.items()
+            ]
         return "\n".join(lines)
 
     def pretty(self) -> str:
@@ -614,9 +639,15 @@ def _rebuild(state: dict[str, Any]) -> Loss:
     per_class = state["per_class"]
     implicit = {k for k, v in state["params"].items() if v is None or isinstance(v, tuple)}
     new = Loss(
-        state["name"], state["expr"], inputs=state["inputs"], params=state["params"],
-        classes=state["classes"], doc=state["doc"] or None, references=state["references"],
-        source_text=state["source_text"], index_mean_weight=state["index_mean_weight"],
+        state["name"],
+        state["expr"],
+        inputs=state["inputs"],
+        params=state["params"],
+        classes=state["classes"],
+        doc=state["doc"] or None,
+        references=state["references"],
+        source_text=state["source_text"],
+        index_mean_weight=state["index_mean_weight"],
         class_params=[k for k in per_class if k in state["params"] and k not in implicit],
     )
     new.options = dict(state["options"])

@@ -61,7 +61,9 @@ class MultiTask:
             if not isinstance(name, str) or not _TASK_RE.match(name):
                 raise ValueError(f"task name {name!r} must be an identifier")
             if not isinstance(loss, Loss):
-                raise TypeError(f"task {name!r}: expected a customloss Loss, got {type(loss).__name__}")
+                raise TypeError(
+                    f"task {name!r}: expected a customloss Loss, got {type(loss).__name__}"
+                )
         if weighting not in WEIGHTINGS:
             raise ValueError(
                 f"unknown weighting {weighting!r}; valid: {', '.join(map(repr, WEIGHTINGS))}"
@@ -69,7 +71,9 @@ class MultiTask:
         weights = dict(weights or {})
         for name, w in weights.items():
             if name not in tasks:
-                raise ValueError(f"weights name the unknown task {name!r}; tasks: {', '.join(tasks)}")
+                raise ValueError(
+                    f"weights name the unknown task {name!r}; tasks: {', '.join(tasks)}"
+                )
             if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
                 raise ValueError(f"weight of task {name!r} must be a finite number, got {w!r}")
             if w < 0:
@@ -102,7 +106,9 @@ class MultiTask:
         """The objective in the task losses ``L_<task>`` (SymPy)."""
         S = self.symbols
         if self.weighting == "uncertainty":
-            return sympy.Add(*(sympy.exp(-S[f"s_{t}"]) * S[f"L_{t}"] + S[f"s_{t}"] for t in self.tasks))
+            return sympy.Add(
+                *(sympy.exp(-S[f"s_{t}"]) * S[f"L_{t}"] + S[f"s_{t}"] for t in self.tasks)
+            )
         return sympy.Add(*(S[f"w_{t}"] * S[f"L_{t}"] for t in self.tasks))
 
     def grad(self, wrt: str) -> sympy.Expr:
@@ -134,18 +140,23 @@ class MultiTask:
         self._epoch_count = 0
 
     # -- calling ---------------------------------------------------------------
-    def _check(self, preds: Mapping[str, Any], targets: Mapping[str, Any],
-               task_kwargs: Mapping[str, Any]) -> None:
+    def _check(
+        self, preds: Mapping[str, Any], targets: Mapping[str, Any], task_kwargs: Mapping[str, Any]
+    ) -> None:
         for what, d in (("preds", preds), ("targets", targets)):
             if not isinstance(d, Mapping):
                 raise TypeError(f"{what} must be a dict keyed by task, got {type(d).__name__}")
             extra = [t for t in d if t not in self.tasks]
             if extra:
-                raise ValueError(f"{what} name the unknown task {extra[0]!r}; tasks: {', '.join(self.tasks)}")
+                raise ValueError(
+                    f"{what} name the unknown task {extra[0]!r}; tasks: {', '.join(self.tasks)}"
+                )
         for t in self.tasks:
             if (t in preds) != (t in targets):
                 missing = "targets" if t in preds else "preds"
-                raise ValueError(f"task {t!r} is in {'preds' if t in preds else 'targets'} but not in {missing}")
+                raise ValueError(
+                    f"task {t!r} is in {'preds' if t in preds else 'targets'} but not in {missing}"
+                )
             if t not in preds:
                 raise ValueError(f"task {t!r} has no prediction and target")
         for t, kw in task_kwargs.items():
@@ -154,12 +165,15 @@ class MultiTask:
             if not isinstance(kw, Mapping):
                 raise TypeError(f"keyword arguments for task {t!r} must be a dict")
 
-    def task_losses(self, preds: Mapping[str, Any], targets: Mapping[str, Any],
-                    **task_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    def task_losses(
+        self, preds: Mapping[str, Any], targets: Mapping[str, Any], **task_kwargs: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """Each task's reduced loss (its own reduction and kwargs)."""
         self._check(preds, targets, task_kwargs)
-        return {t: loss(preds[t], targets[t], **dict(task_kwargs.get(t, {})))
-                for t, loss in self.tasks.items()}
+        return {
+            t: loss(preds[t], targets[t], **dict(task_kwargs.get(t, {})))
+            for t, loss in self.tasks.items()
+        }
 
     def combine(self, losses: Mapping[str, Any], log_vars: Mapping[str, Any] | None = None) -> Any:
         """Combine task losses with the weighting (``log_vars`` for "uncertainty")."""
@@ -180,8 +194,9 @@ class MultiTask:
             total = total + w[t] * losses[t]
         return total
 
-    def __call__(self, preds: Mapping[str, Any], targets: Mapping[str, Any],
-                 **task_kwargs: Mapping[str, Any]) -> Any:
+    def __call__(
+        self, preds: Mapping[str, Any], targets: Mapping[str, Any], **task_kwargs: Mapping[str, Any]
+    ) -> Any:
         """The combined objective for ``preds``/``targets`` dicts keyed by task."""
         return self.combine(self.task_losses(preds, targets, **task_kwargs))
 

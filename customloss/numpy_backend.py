@@ -197,7 +197,12 @@ def evaluate(
         from customloss import numpy_classes
 
         return numpy_classes.evaluate(
-            loss, input, target, reduction=reduction, weight=weight, params=params,
+            loss,
+            input,
+            target,
+            reduction=reduction,
+            weight=weight,
+            params=params,
             **class_options,
         )
     if class_options:
@@ -229,7 +234,13 @@ def gradient(
         from customloss import numpy_classes
 
         return numpy_classes.gradient(
-            loss, input, target, wrt=wrt, reduction=reduction, weight=weight, params=params,
+            loss,
+            input,
+            target,
+            wrt=wrt,
+            reduction=reduction,
+            weight=weight,
+            params=params,
             **class_options,
         )
     p, args, w, out_dtype = _prepare(loss, input, target, weight, params)

@@ -19,8 +19,15 @@ if TYPE_CHECKING:
 __all__ = ["evaluate", "gradient"]
 
 
-def _prepare(loss: Loss, input: Any, target: Any, weight: Any, params: dict[str, Any],
-             class_dim: int | None, ignore_index: int) -> dict[str, Any]:
+def _prepare(
+    loss: Loss,
+    input: Any,
+    target: Any,
+    weight: Any,
+    params: dict[str, Any],
+    class_dim: int | None,
+    ignore_index: int,
+) -> dict[str, Any]:
     p = _as_float(input, "input")
     nd = p.ndim
     if nd == 0:
@@ -90,8 +97,19 @@ def _prepare(loss: Loss, input: Any, target: Any, weight: Any, params: dict[str,
             raise TypeError(f"weight must be numeric, got dtype {w.dtype}")
         _validate.check_broadcasts_to("weight", w.shape, sample_shape)
         w = np.broadcast_to(w.astype(cdt), sample_shape).reshape(keep)
-    return {"x": x, "target": tgt, "mode": mode, "valid": valid, "weight": w, "params": ps,
-            "sample_shape": sample_shape, "cd": cd, "nd": nd, "dtype": p.dtype, "cdt": cdt}
+    return {
+        "x": x,
+        "target": tgt,
+        "mode": mode,
+        "valid": valid,
+        "weight": w,
+        "params": ps,
+        "sample_shape": sample_shape,
+        "cd": cd,
+        "nd": nd,
+        "dtype": p.dtype,
+        "cdt": cdt,
+    }
 
 
 def _values(loss: Loss, prep: dict[str, Any]) -> tuple[np.ndarray, Any]:
@@ -114,9 +132,17 @@ def _values(loss: Loss, prep: dict[str, Any]) -> tuple[np.ndarray, Any]:
     return values, den
 
 
-def evaluate(loss: Loss, input: Any, target: Any, *, reduction: str, weight: Any,
-             params: dict[str, Any], class_dim: int | None = None,
-             ignore_index: int = -100) -> Any:
+def evaluate(
+    loss: Loss,
+    input: Any,
+    target: Any,
+    *,
+    reduction: str,
+    weight: Any,
+    params: dict[str, Any],
+    class_dim: int | None = None,
+    ignore_index: int = -100,
+) -> Any:
     """Evaluate a class-axis ``loss`` on arrays (see ``Loss.__call__``)."""
     prep = _prepare(loss, input, target, weight, params, class_dim, ignore_index)
     with np.errstate(all="ignore"):
@@ -127,9 +153,18 @@ def evaluate(loss: Loss, input: Any, target: Any, *, reduction: str, weight: Any
     return np.asarray(total, dtype=prep["dtype"])[()]
 
 
-def gradient(loss: Loss, input: Any, target: Any, *, wrt: str, reduction: str, weight: Any,
-             params: dict[str, Any], class_dim: int | None = None,
-             ignore_index: int = -100) -> np.ndarray:
+def gradient(
+    loss: Loss,
+    input: Any,
+    target: Any,
+    *,
+    wrt: str,
+    reduction: str,
+    weight: Any,
+    params: dict[str, Any],
+    class_dim: int | None = None,
+    ignore_index: int = -100,
+) -> np.ndarray:
     """Gradient of the reduced class-axis loss with respect to ``wrt``.
 
     For ``reduction="none"`` this is the gradient of the *sum* of the per-sample

@@ -24,11 +24,27 @@ if TYPE_CHECKING:
 __all__ = ["DSLPrinter", "expression_hash", "from_config", "load", "to_config", "to_dsl"]
 
 CONFIG_KEYS = (
-    "name", "expr", "inputs", "params", "classes", "class_params", "index_mean_weight",
-    "doc", "references", "customloss_version", "sha256",
+    "name",
+    "expr",
+    "inputs",
+    "params",
+    "classes",
+    "class_params",
+    "index_mean_weight",
+    "doc",
+    "references",
+    "customloss_version",
+    "sha256",
 )
-_FUNCS = {"exp": "exp", "log": "log", "tanh": "tanh", "cosh": "cosh", "Abs": "abs",
-          "csum": "csum", "cmax": "cmax"}
+_FUNCS = {
+    "exp": "exp",
+    "log": "log",
+    "tanh": "tanh",
+    "cosh": "cosh",
+    "Abs": "abs",
+    "csum": "csum",
+    "cmax": "cmax",
+}
 
 
 class DSLPrinter(StrPrinter):
@@ -150,8 +166,9 @@ def from_config(config: Mapping[str, Any]) -> Loss:
         raise TypeError(f"a loss config must be a dict, got {type(config).__name__}")
     unknown = [k for k in config if k not in CONFIG_KEYS]
     if unknown:
-        raise ValueError(f"loss config has the unknown key {unknown[0]!r}; valid keys: "
-                         + ", ".join(CONFIG_KEYS))
+        raise ValueError(
+            f"loss config has the unknown key {unknown[0]!r}; valid keys: " + ", ".join(CONFIG_KEYS)
+        )
     for key in ("name", "expr", "inputs"):
         if key not in config:
             raise ValueError(f"loss config is missing the key {key!r}")
@@ -159,9 +176,13 @@ def from_config(config: Mapping[str, Any]) -> Loss:
     if not isinstance(params, Mapping):
         raise ValueError("loss config 'params' must be a table/dict of name -> default")
     loss = define(
-        config["name"], config["expr"], inputs=tuple(config["inputs"]),
-        params=dict(params), classes=bool(config.get("classes", False)),
-        doc=config.get("doc") or None, references=tuple(config.get("references") or ()),
+        config["name"],
+        config["expr"],
+        inputs=tuple(config["inputs"]),
+        params=dict(params),
+        classes=bool(config.get("classes", False)),
+        doc=config.get("doc") or None,
+        references=tuple(config.get("references") or ()),
         class_params=tuple(config.get("class_params") or ()),
         index_mean_weight=config.get("index_mean_weight"),
     )

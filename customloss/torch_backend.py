@@ -393,8 +393,9 @@ class MultiTaskModule(torch.nn.Module):
             for t in mt.tasks:
                 self.log_vars[t] = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, preds: dict[str, Any], targets: dict[str, Any],
-                **task_kwargs: Any) -> torch.Tensor:
+    def forward(
+        self, preds: dict[str, Any], targets: dict[str, Any], **task_kwargs: Any
+    ) -> torch.Tensor:
         losses = self.mt.task_losses(preds, targets, **task_kwargs)
         if self.mt.weighting == "uncertainty":
             ref = next(iter(losses.values()))

@@ -43,8 +43,13 @@ def _as_tensor(name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
 
 
 def _prepare(
-    loss: Loss, input: Any, target: Any, weight: Any, params: dict[str, Any],
-    class_dim: int | None, ignore_index: int,
+    loss: Loss,
+    input: Any,
+    target: Any,
+    weight: Any,
+    params: dict[str, Any],
+    class_dim: int | None,
+    ignore_index: int,
 ) -> dict[str, Any]:
     input = _check_tensor(input, "input")
     if not input.is_floating_point():
@@ -116,8 +121,15 @@ def _prepare(
         w = _as_tensor("weight", weight, input)
         _validate.check_broadcasts_to("weight", w.shape, sample_shape)
         w = torch.broadcast_to(w, sample_shape).reshape(keep_shape)
-    return {"x": x, "target": tgt, "mode": mode, "valid": valid, "weight": w, "params": ps,
-            "sample_shape": sample_shape}
+    return {
+        "x": x,
+        "target": tgt,
+        "mode": mode,
+        "valid": valid,
+        "weight": w,
+        "params": ps,
+        "sample_shape": sample_shape,
+    }
 
 
 class ClassLossFunction(torch.autograd.Function):
@@ -127,12 +139,24 @@ class ClassLossFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, loss: Loss, mode: str, reduction: str, sample_shape: tuple,
-                weight: torch.Tensor | None, valid: torch.Tensor | None,
-                x: torch.Tensor, target: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        loss: Loss,
+        mode: str,
+        reduction: str,
+        sample_shape: tuple,
+        weight: torch.Tensor | None,
+        valid: torch.Tensor | None,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        *params: torch.Tensor,
+    ) -> torch.Tensor:
         cdt = torch.float32 if x.dtype in _HALF else x.dtype
-        args = [x.to(cdt), target if mode == "index" else target.to(cdt),
-                *(p.to(cdt) for p in params)]
+        args = [
+            x.to(cdt),
+            target if mode == "index" else target.to(cdt),
+            *(p.to(cdt) for p in params),
+        ]
         needs = ctx.needs_input_grad
         only_input = needs[6] and not any(needs[7:]) and not needs[4]
         has_norm = mode == "index" and loss.index_mean_weight is not None
@@ -172,11 +196,17 @@ class ClassLossFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         names = [*loss.inputs, *loss.params]
         tensors = (x, target, *params)
-        wrt = tuple(n for n, need in zip(names, needs[6:]) if need)
+        wrt = tuple(n for n, need in zip(names, needs[6:], strict=False) if need)
         want_w = ctx.has_weight and needs[4]
         keep = (x.shape[0], 1, *x.shape[2:])
         g = gout.to(cdt)
-        g = g.reshape(keep) if ctx.reduction == "none" else g / ctx.den if ctx.den is not None else g
+        g = (
+            g.reshape(keep)
+            if ctx.reduction == "none"
+            else g / ctx.den
+            if ctx.den is not None
+            else g
+        )
         scale = g if weight is None else g * weight.to(cdt)
         if valid is not None:
             scale = scale * valid.to(cdt)
@@ -184,8 +214,11 @@ class ClassLossFunction(torch.autograd.Function):
             outs = list(ctx.fused)
             value = None
         else:
-            args = [x.to(cdt), target if mode == "index" else target.to(cdt),
-                    *(p.to(cdt) for p in params)]
+            args = [
+                x.to(cdt),
+                target if mode == "index" else target.to(cdt),
+                *(p.to(cdt) for p in params),
+            ]
             kernel = loss._class_kernel("torch", mode, wrt, want_w)
             outs = list(kernel.fn(*args))
             value = None
@@ -199,7 +232,7 @@ class ClassLossFunction(torch.autograd.Function):
             if valid is not None:
                 v = torch.where(valid, v, torch.zeros_like(v))
             result[4] = v.to(weight.dtype)
-        for n, t in zip(names, tensors):
+        for n, t in zip(names, tensors, strict=False):
             if n not in wrt:
                 result.append(None)
                 continue
@@ -223,18 +256,37 @@ class ClassLossFunction(torch.autograd.Function):
         return tuple(result)
 
 
-def evaluate(loss: Loss, input: Any, target: Any, *, reduction: str, weight: Any,
-             params: dict[str, Any], class_dim: int | None = None,
-             ignore_index: int = -100) -> torch.Tensor:
+def evaluate(
+    loss: Loss,
+    input: Any,
+    target: Any,
+    *,
+    reduction: str,
+    weight: Any,
+    params: dict[str, Any],
+    class_dim: int | None = None,
+    ignore_index: int = -100,
+) -> torch.Tensor:
     """Evaluate a class-axis ``loss`` on tensors (see ``Loss.__call__``)."""
     prep = _prepare(loss, input, target, weight, params, class_dim, ignore_index)
-    if (prep["mode"] == "index" and reduction == "mean" and loss.index_mean_weight is not None
-            and any(p.requires_grad for p in prep["params"])):
+    if (
+        prep["mode"] == "index"
+        and reduction == "mean"
+        and loss.index_mean_weight is not None
+        and any(p.requires_grad for p in prep["params"])
+    ):
         raise NotImplementedError(
             f"loss {loss.name!r}: gradients of params through the weighted mean with "
             "class-index targets are not supported; use reduction='sum'"
         )
     return ClassLossFunction.apply(
-        loss, prep["mode"], reduction, prep["sample_shape"], prep["weight"], prep["valid"],
-        prep["x"], prep["target"], *prep["params"],
+        loss,
+        prep["mode"],
+        reduction,
+        prep["sample_shape"],
+        prep["weight"],
+        prep["valid"],
+        prep["x"],
+        prep["target"],
+        *prep["params"],
     )

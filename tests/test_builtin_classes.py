@@ -191,8 +191,9 @@ def test_ldam_against_formula():
 
 def test_cross_entropy_gradient_simplifies_to_softmax_minus_y():
     z, y = cross_entropy.symbols["z"], cross_entropy.symbols["y"]
-    g = cross_entropy.grad().subs({cross_entropy.symbols["class_weight"]: 1,
-                                   cross_entropy.symbols["label_smoothing"]: 0})
+    g = cross_entropy.grad().subs(
+        {cross_entropy.symbols["class_weight"]: 1, cross_entropy.symbols["label_smoothing"]: 0}
+    )
     g = g.xreplace({CSum(y): 1})
     assert sympy.simplify(g - (sympy.exp(z) / CSum(sympy.exp(z)) - y)) == 0
 
@@ -205,8 +206,12 @@ ALL = [cross_entropy, softmax_focal, poly1, ldam, class_balanced("ce"), class_ba
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("index", [True, False])
 def test_extreme_logits_stay_finite(loss, dtype, device, index):
-    z = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0], [0.0, 0.0, -1e4]], dtype=dtype,
-                     device=device, requires_grad=True)
+    z = torch.tensor(
+        [[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0], [0.0, 0.0, -1e4]],
+        dtype=dtype,
+        device=device,
+        requires_grad=True,
+    )
     t = torch.tensor([1, 0, 2], device=device)
     target = t if index else F.one_hot(t, 3).to(dtype)
     params = {"counts": torch.tensor([10.0, 5.0, 1.0])} if "counts" in loss.params else {}

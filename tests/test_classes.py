@@ -46,8 +46,9 @@ def test_chain_rule_through_nested_reductions_gradcheck():
     g = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda z, y, a, g: nested(z, y, a=a, g=g), (z, y, a, g))
     t = torch.randint(0, 3, (5, 2))
-    assert torch.autograd.gradcheck(lambda z, a, g: nested(z, t, a=a, g=g, reduction="sum"),
-                                    (z, a, g))
+    assert torch.autograd.gradcheck(
+        lambda z, a, g: nested(z, t, a=a, g=g, reduction="sum"), (z, a, g)
+    )
 
 
 def _torch_nested(z, y, a, g):
@@ -69,8 +70,11 @@ def test_nested_value_and_gradient_against_torch_composite():
 
 @settings(max_examples=25, deadline=None)
 @given(
-    n=st.integers(1, 4), c=st.integers(2, 5), d=st.integers(1, 3),
-    scale=st.floats(0.1, 20), index=st.booleans(),
+    n=st.integers(1, 4),
+    c=st.integers(2, 5),
+    d=st.integers(1, 3),
+    scale=st.floats(0.1, 20),
+    index=st.booleans(),
     reduction=st.sampled_from(["mean", "sum", "none"]),
 )
 def test_numpy_equals_torch(n, c, d, scale, index, reduction):
@@ -94,21 +98,34 @@ def test_numpy_gradient_wrt_per_class_param_matches_finite_differences():
     w = np.array(W)
     got = wce.gradient(z, t, wrt="w", w=w, reduction="sum")
     eps = 1e-6
-    fd = np.array([(float(wce(z, t, w=w + eps * e, reduction="sum"))
-                    - float(wce(z, t, w=w - eps * e, reduction="sum"))) / (2 * eps)
-                   for e in np.eye(4)])
+    fd = np.array(
+        [
+            (
+                float(wce(z, t, w=w + eps * e, reduction="sum"))
+                - float(wce(z, t, w=w - eps * e, reduction="sum"))
+            )
+            / (2 * eps)
+            for e in np.eye(4)
+        ]
+    )
     np.testing.assert_allclose(got, fd, rtol=1e-6)
 
 
 def test_definition_errors():
-    with pytest.raises(ValueError, match="'z' has a class axis but is used outside a class reduction"):
+    with pytest.raises(
+        ValueError, match="'z' has a class axis but is used outside a class reduction"
+    ):
+
         @cl.loss(classes=True)
         def bad(z, y):
             return z + cl.csum(y)
+
     with pytest.raises(ValueError, match="not declared with classes=True"):
+
         @cl.loss()
         def bad2(z, y):
             return cl.csum(z * y)
+
     with pytest.raises(TypeError, match="unknown param .class_dim."):
         cl.define("e", "(p - y)**2", inputs=("p", "y"))(torch.zeros(2), torch.zeros(2), class_dim=1)
 

@@ -25,7 +25,8 @@ def _inputs(loss, seed=0):
         if loss.name in ("categorical_crossentropy", "kl_div"):
             z = np.exp(z) / np.exp(z).sum(1, keepdims=True)
         return z, rng.integers(0, 4, size=6) if loss.name != "kl_div" else rng.dirichlet(
-            np.ones(4), size=6)
+            np.ones(4), size=6
+        )
     x = np.concatenate([rng.normal(size=12) * 3, [-1e4, -30.0, 30.0, 1e4]])
     if loss.name in ("bce",):
         x = 1 / (1 + np.exp(-np.clip(x, -50, 50)))
@@ -48,10 +49,13 @@ def test_every_registered_loss_round_trips_through_json(name):
     assert again.params == loss.params and again.inputs == loss.inputs
     x, y = _inputs(loss)
     kw = _required(loss)
-    np.testing.assert_array_equal(again(x, y, reduction="none", **kw),
-                                  loss(x, y, reduction="none", **kw))
+    np.testing.assert_array_equal(
+        again(x, y, reduction="none", **kw), loss(x, y, reduction="none", **kw)
+    )
     np.testing.assert_array_equal(again.gradient(x, y, **kw), loss.gradient(x, y, **kw))
-    assert sympy.simplify(again.expr - loss.expr) == 0 or sympy.srepr(again.expr) == sympy.srepr(loss.expr)
+    assert sympy.simplify(again.expr - loss.expr) == 0 or sympy.srepr(again.expr) == sympy.srepr(
+        loss.expr
+    )
 
 
 def test_get_accepts_name_config_and_loss_with_defaults():
@@ -134,7 +138,9 @@ def test_pickle_and_deepcopy_rebuild_from_the_mathematics():
     for clone in (pickle.loads(pickle.dumps(user_loss)), copy.deepcopy(user_loss)):
         assert clone.expr == user_loss.expr and clone.params == user_loss.params
         x, y = np.linspace(-3, 3, 7), np.zeros(7)
-        np.testing.assert_array_equal(clone(x, y, reduction="none"), user_loss(x, y, reduction="none"))
+        np.testing.assert_array_equal(
+            clone(x, y, reduction="none"), user_loss(x, y, reduction="none")
+        )
     ce = pickle.loads(pickle.dumps(cl.get("cross_entropy", ignore_index=3)))
     assert ce.options["ignore_index"] == 3 and ce.per_class == cl.get("cross_entropy").per_class
 
@@ -148,14 +154,15 @@ def test_pickle_and_torch_save_load_in_a_fresh_process(tmp_path):
     expected = [module(x, y).item(), user_loss(x, y).item()]
     code = textwrap.dedent(f"""
         import pickle, torch
-        m = torch.load({str(tmp_path / 'module.pt')!r}, weights_only=False)
-        loss = pickle.loads(open({str(tmp_path / 'loss.pkl')!r}, 'rb').read())
+        m = torch.load({str(tmp_path / "module.pt")!r}, weights_only=False)
+        loss = pickle.loads(open({str(tmp_path / "loss.pkl")!r}, 'rb').read())
         x = torch.linspace(-2, 2, 5, dtype=torch.float64)
         y = torch.zeros(5, dtype=torch.float64)
         print(m(x, y).item(), loss(x, y).item())
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=tmp_path).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    ).stdout.split()
     assert [float(v) for v in out] == pytest.approx(expected, rel=1e-15)
 
 
