@@ -32,9 +32,19 @@ from customloss.hookspecs import hookimpl
 from customloss.loss import Loss, define, loss
 from customloss.multitask import MultiTask, multitask
 from customloss.registry import PluginLoadWarning, get, info, names, register
-from customloss.serialize import load
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # `load` lives in customloss.serialize, which needs SymPy's printers at import time
+    if name == "load":
+        from customloss.serialize import load
+
+        globals()["load"] = load
+        return load
+    raise AttributeError(f"module 'customloss' has no attribute {name!r}")
+
 
 __all__ = [
     "Loss",

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import sympy
+from customloss._lazy import sympy
 
 __all__ = [
     "FUNCTIONS",

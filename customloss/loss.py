@@ -17,9 +17,12 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import sympy
+from customloss import _validate, dsl
+from customloss._lazy import LazyModule, sympy
 
-from customloss import _validate, calculus, codegen, dsl
+# SymPy and the modules built on it load on first use: `import customloss` stays cheap
+calculus: Any = LazyModule("customloss.calculus")
+codegen: Any = LazyModule("customloss.codegen")
 
 __all__ = ["Loss", "define", "loss"]
 

@@ -28,8 +28,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-import sympy
-
+from customloss._lazy import sympy
 from customloss.dsl import symbol
 from customloss.loss import Loss
 

@@ -221,3 +221,12 @@ def test_import_does_not_import_torch():
     code = "import sys, customloss; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_import_is_cheap_and_defers_sympy():
+    code = "import sys, customloss; print('sympy' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    code = "import customloss as cl; print(cl.define('q', '(p - y)**2', inputs=('p', 'y')).grad())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2*p - 2*y"
