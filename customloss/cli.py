@@ -178,43 +178,6 @@ def _params(
     return fixed, swept, swept_values
 
 
-def _file_loss(path: Path) -> Loss:
-    """A loss from a TOML file: ``customloss.load`` when available, else read here."""
-    import customloss
-
-    load = getattr(customloss, "load", None)
-    if load is not None:
-        return load(path)
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ImportError:
-            _fail("reading a TOML loss file on Python 3.10 needs tomli (pip install tomli)")
-    with path.open("rb") as f:
-        try:
-            data = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            _fail(f"{path}: not valid TOML: {exc}")
-    known = {"name", "expr", "inputs", "classes", "params", "doc", "references"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        _fail(f"{path}: unknown key {unknown[0]!r}; a loss file has {', '.join(sorted(known))}")
-    for key in ("name", "expr", "inputs"):
-        if key not in data:
-            _fail(f"{path}: missing key {key!r}")
-    return customloss.define(
-        data["name"],
-        data["expr"],
-        inputs=data["inputs"],
-        params=data.get("params"),
-        classes=bool(data.get("classes", False)),
-        doc=data.get("doc"),
-        references=tuple(data.get("references", ())),
-    )
-
-
 def load_loss(spec: str) -> Loss:
     """The loss a command names: a registered name or the path of a TOML file.
 
@@ -233,8 +196,8 @@ def load_loss(spec: str) -> Loss:
     if spec.endswith(".toml") or path.exists():
         if not path.is_file():
             _fail(f"no such loss file: {spec}")
-        with _user_errors(f"{spec}: "):
-            return _file_loss(path)
+        with _user_errors():
+            return customloss.load(path)
     with _user_errors():
         return customloss.get(spec)
 
@@ -697,7 +660,7 @@ def _extreme_scan(
     scanned = loss.with_defaults(**params) if params else loss
     kwargs: dict[str, Any] = {}
     if quick:
-        kwargs = {"dtypes": ("float32", "float64"), "params": {}}
+        kwargs = {"dtypes": ("float32", "float64"), "params": {k: () for k in scanned.params}}
     try:
         report = scan(scanned, **kwargs)
     except NotImplementedError:
