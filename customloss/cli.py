@@ -1033,9 +1033,14 @@ def _bench_one(
     except Exception as exc:
         return (loss.name, "-", label, "-", "-", f"failed: {type(exc).__name__}: {exc}")
     if "reference" not in ms:
-        return (loss.name, f"{ms['ours']:.2f}", "-", "-", "-", note)
+        return (loss.name, _ms(ms["ours"]), "-", "-", "-", note)
     ratio = ms["ours"] / ms["reference"]
-    return (loss.name, f"{ms['ours']:.2f}", label, f"{ms['reference']:.2f}", f"{ratio:.2f}x", note)
+    return (loss.name, _ms(ms["ours"]), label, _ms(ms["reference"]), f"{ratio:.3g}x", note)
+
+
+def _ms(v: float) -> str:
+    """Milliseconds with 3 significant digits, without exponents."""
+    return f"{v:.3g}" if v < 1000 else f"{v:.0f}"
 
 
 # ---------------------------------------------------------------------------
