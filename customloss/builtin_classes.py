@@ -147,13 +147,15 @@ def class_balanced(base: str = "ce") -> Loss:
             p_t = p * y + (1 - p) * (1 - y)
             return cl.csum(weights(counts, beta) * bce * (1 - p_t) ** gamma)
 
-    return loss(
+    built = loss(
         name,
         classes=True,
         params=params,
         doc=class_balanced.__doc__,
         references=("Cui et al. 2019, Class-Balanced Loss, eq. 3",),
     )(fn)
+    built.variants["base"] = class_balanced  # cl.get("class_balanced", base="focal")
+    return built
 
 
 @loss(

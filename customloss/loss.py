@@ -210,6 +210,9 @@ class Loss:
         self.options: dict[str, Any] = (
             {"class_dim": None, "ignore_index": -100} if self.classes else {}
         )
+        #: option name -> factory(value) -> Loss: a *variant* of this loss chosen by
+        #: ``with_defaults``/``cl.get`` (e.g. ``class_balanced`` with ``base="focal"``)
+        self.variants: dict[str, Callable[[Any], Loss]] = {}
         self._key = (
             sympy.srepr(expr),
             self.inputs,
@@ -562,11 +565,14 @@ class Loss:
 
     def with_defaults(self, **params: Any) -> Loss:
         """A new ``Loss`` with other param defaults (and call options such as
-        ``ignore_index`` for class-axis losses); this one is unchanged."""
+        ``ignore_index`` for class-axis losses, or a variant such as ``base`` of
+        ``class_balanced``); this one is unchanged."""
+        for k in [k for k in params if k in self.variants]:
+            return self.variants[k](params.pop(k)).with_defaults(**params)
         options = {k: params.pop(k) for k in list(params) if k in self.options}
         for k in params:
             if k not in self.params:
-                valid = ", ".join([*self.params, *self.options]) or "none"
+                valid = ", ".join([*self.params, *self.options, *self.variants]) or "none"
                 raise TypeError(
                     f"loss {self.name!r} got an unknown param {k!r}; valid params: {valid}"
                 )
@@ -599,6 +605,7 @@ class Loss:
             "index_mean_weight": self.index_mean_weight,
             "per_class": self.per_class,
             "options": self.options,
+            "variants": self.variants,
         }
         return (_rebuild, (state,))
 
@@ -654,6 +661,7 @@ def _rebuild(state: dict[str, Any]) -> Loss:
         class_params=[k for k in per_class if k in state["params"] and k not in implicit],
     )
     new.options = dict(state["options"])
+    new.variants = dict(state.get("variants", {}))
     return new
 
 

@@ -174,6 +174,9 @@ def test_class_balanced_weights_and_bases():
     _assert_same(class_balanced("focal")(z, onehot, counts=counts, beta=beta), ref_focal, z)
     with pytest.raises(ValueError, match="unknown base 'svm'"):
         class_balanced("svm")
+    via_get = cl.get("class_balanced", base="focal", beta=beta)
+    assert via_get.name == "class_balanced_focal" and via_get.params["beta"] == beta
+    _assert_same(via_get(z, onehot, counts=counts), ref_focal, z)
     with pytest.raises(TypeError, match="missing required param.*'counts'"):
         class_balanced("ce")(z, t)
 
