@@ -50,7 +50,8 @@ _ROLE_KIND = {"logit": "logit", "probability": "probability", "value": "value"}
 
 
 def _anchor(name: str) -> str:
-    return re.sub(r"[^a-z0-9_-]+", "-", name.lower())
+    """The id Python-Markdown's toc gives the heading ``## name``."""
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", name).strip().lower())
 
 
 def _value(v: Any) -> str:

@@ -10,10 +10,7 @@ import pytest
 import sympy
 
 import customloss as cl
-from customloss import cli
-
-pytest.importorskip("click")
-pytest.importorskip("rich")
+from customloss import cli  # needs click and rich (the cli extra; part of the dev install)
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -245,7 +242,6 @@ def test_finite_difference_check_ignores_kinks_and_the_domain():
 
 # -- plot -------------------------------------------------------------------------
 def test_plot_writes_lin_et_al_figure(capsys, tmp_path):
-    pytest.importorskip("matplotlib")
     out_file = tmp_path / "f.png"
     status, out, _ = run(
         capsys,
@@ -269,7 +265,6 @@ def test_plot_writes_lin_et_al_figure(capsys, tmp_path):
 
 
 def test_plot_default_output_name(capsys, tmp_path, monkeypatch):
-    pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)
     status, out, _ = run(capsys, "plot", "ldam", "-p", "counts=[1000,10]")
     assert status == 0

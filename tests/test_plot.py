@@ -110,7 +110,7 @@ def test_input_kinds():
 
 
 def test_plot_loss_figure_has_the_curves_and_saves(tmp_path):
-    pytest.importorskip("matplotlib")
+    # matplotlib: the plot extra, part of the dev install
     fig = plot.plot_loss("focal", param="gamma", values=LIN_GAMMAS, x="p_t")
     loss_ax, grad_ax = fig.axes
     assert len(loss_ax.lines) == len(LIN_GAMMAS)
