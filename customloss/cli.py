@@ -1059,7 +1059,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status.
     """
-    warnings.showwarning = _show_warning
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         status = cli.main(
             args=list(argv) if argv is not None else None,
@@ -1074,6 +1074,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except SystemExit as exc:  # sys.exit() inside a command (check's status 1)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        warnings.showwarning = shown
     return status if isinstance(status, int) else 0
 
 

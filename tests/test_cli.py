@@ -231,6 +231,24 @@ def test_check_catches_a_wrong_gradient(capsys, monkeypatch):
     assert "FAIL" not in lines["NumPy == Torch: value"]
 
 
+def test_extreme_scan_falls_back_without_customloss_check(monkeypatch, loss_files):
+    monkeypatch.setitem(sys.modules, "customloss.check", None)  # import fails
+    result, report = cli._extreme_scan(cl.get("bce_with_logits"), {}, quick=True)
+    assert report is None and result.name == "extreme inputs (built-in scan)"
+    assert result.ok, result.detail
+    cce = cl.load(loss_files / "cce.toml")
+    result, _ = cli._extreme_scan(cce, {}, quick=True)
+    assert result.ok is False and "is nan" in result.detail
+
+
+def test_main_restores_the_warning_hook(capsys):
+    import warnings
+
+    before = warnings.showwarning
+    run(capsys, "list", "mse")
+    assert warnings.showwarning is before
+
+
 def test_finite_difference_check_ignores_kinks_and_the_domain():
     # |p - y| has a kink, log(1 + p) a domain (p > -1): neither is reported
     loss = cl.define("kinky", "abs(p - y) + log(1 + p)", inputs=("p", "y"))
