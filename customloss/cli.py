@@ -247,9 +247,8 @@ def cli() -> None:
 def list_cmd(pattern: str | None) -> None:
     """List the registered losses (optionally those matching an fnmatch PATTERN)."""
     import customloss
-    from customloss import registry
 
-    with _user_errors():
+    with _user_errors():  # a plugin that fails to load is a warning on stderr
         names = customloss.names(pattern)
     if not names:
         _fail(
@@ -280,8 +279,6 @@ def list_cmd(pattern: str | None) -> None:
     console = _console()
     console.print(table)
     console.print(Text(f"{len(names)} loss{'es' if len(names) != 1 else ''}", style="dim"))
-    for failure in registry.default_registry.failures:
-        click.echo(f"customloss: warning: {failure.message}", err=True)
 
 
 @cli.command()
