@@ -903,6 +903,18 @@ def _bench_inputs(loss: Loss, n: int, classes: int) -> tuple[Any, Any]:
     return x.requires_grad_(), y
 
 
+@contextmanager
+def _restore_env(name: str, value: str | None) -> Iterator[None]:
+    """Put the environment variable ``name`` back to ``value`` on exit."""
+    try:
+        yield
+    finally:
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def _median_ms(fns: dict[str, Callable[[], None]], reps: int) -> dict[str, float]:
     """Median milliseconds of each closure, timed round-robin (rotating order)."""
     for fn in fns.values():  # warm-up
@@ -957,8 +969,6 @@ def bench(
         if threads < 1:
             _fail("--threads must be >= 1")
         torch.set_num_threads(threads)
-    if eager:
-        os.environ[fast.ENV_SWITCH] = "0"
     losses = [load_loss(s) for s in (names or customloss.names())]
     refs = _torch_references()
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -966,14 +976,20 @@ def bench(
     from rich.text import Text
 
     rows: list[tuple[str, ...]] = []
-    with Progress(
-        TextColumn("{task.description:<24}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=_console(stderr=True),
-        transient=False,
-    ) as progress:
+    switch = os.environ.get(fast.ENV_SWITCH)
+    if eager:
+        os.environ[fast.ENV_SWITCH] = "0"
+    with (
+        _restore_env(fast.ENV_SWITCH, switch),
+        Progress(
+            TextColumn("{task.description:<24}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=_console(stderr=True),
+            transient=False,
+        ) as progress,
+    ):
         task = progress.add_task("bench", total=len(losses))
         for loss in losses:
             progress.update(task, description=loss.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -315,3 +316,11 @@ def test_bench_times_ours_against_the_reference(capsys):
     assert float(ratio.rstrip("x")) == pytest.approx(float(ours_ms) / float(ref_ms), rel=0.02)
     assert rows["poly1"].split()[2] == "-"  # no torch reference
     assert "skipped: param 'counts' has no default" in rows["ldam"]
+
+
+def test_bench_eager_leaves_the_compile_switch_as_it_was(capsys, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("CUSTOMLOSS_COMPILE", "auto")
+    status, _, _ = run(capsys, "bench", "mse", "--n", "100", "--reps", "1", "--eager")
+    assert status == 0
+    assert os.environ["CUSTOMLOSS_COMPILE"] == "auto"
