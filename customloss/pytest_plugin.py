@@ -150,9 +150,8 @@ class ConformanceItem(pytest.Item):
 
 def _conformance_items(session: pytest.Session) -> Iterator[ConformanceItem]:
     for name in registered_names(session.config):
-        yield ConformanceItem.from_parent(
-            session, name=f"customloss-conformance[{name}]", loss_name=name
-        )
+        item_name = f"customloss-conformance[{name}]"
+        yield ConformanceItem.from_parent(session, name=item_name, nodeid=item_name, loss_name=name)
 
 
 @pytest.hookimpl(trylast=True)
