@@ -35,7 +35,8 @@ the compiled kernel and never recompiles.  On the CPU the signature also records
 whether the input is *large* (at least :data:`PARALLEL_MIN_NUMEL` = 32768 elements,
 ATen's grain size): Inductor decides at compile time, from the example sizes, whether
 its loop is OpenMP-parallel, and a parallel loop costs a thread fork/join that small
-inputs should not pay, so large and small inputs get separate kernels.  A call whose signature has no compiled
+inputs should not pay, so large and small inputs get separate kernels (small ones
+compiled with Inductor's ``cpp.threads=1``: a serial loop).  A call whose signature has no compiled
 kernel yet runs eagerly (and, under the policy above, queues a compile).  Compiled
 kernels are run through ``torch._dynamo.run`` (run-only mode): should a guard fail
 anyway, Dynamo runs the eager code instead of compiling in the caller's thread.
@@ -176,6 +177,7 @@ class _Entry:
     grad_enabled: bool
     specialized: tuple[tuple[int, float], ...]
     large: bool = False
+    serial: bool = False
     state: str = COLD
     hot_calls: int = 0
     eager_calls: int = 0
@@ -271,17 +273,24 @@ def _signature(args: tuple[Any, ...], skip: frozenset[int], torch: Any) -> tuple
 
 
 def _function_for(
-    kernel: Kernel, spec: tuple[tuple[int, float], ...], nargs: int, reduce: str | None = None
+    kernel: Kernel,
+    spec: tuple[tuple[int, float], ...],
+    nargs: int,
+    reduce: str | None = None,
+    parallel: bool = False,
 ) -> Callable[..., tuple[Any, ...]]:
     """The Python function to compile (or run eagerly).
 
     The kernel itself, or a generated wrapper that passes specialised params as
     constants and/or sums the first output (``reduce="sum"``), so that Inductor fuses
     the reduction into the kernel's loop and the elementwise values are never stored.
+    A ``parallel`` variant is always a wrapper of its own: Dynamo keeps compiled code
+    per code object and selects it by guards alone, which do not see the input size,
+    so serial and parallel compiled code must live on different code objects.
     """
-    if not spec and reduce is None:
+    if not spec and reduce is None and not parallel:
         return kernel.fn
-    key = (kernel.source, spec, reduce)
+    key = (kernel.source, spec, reduce, parallel)
     fn = _FUNCTIONS.get(key)
     if fn is None:
         fixed = dict(spec)
@@ -292,6 +301,8 @@ def _function_for(
             ident += f"_specialized_{len(_SPECS.get(kernel.source, ()))}"
         if reduce:
             ident += f"_{reduce}"
+        if parallel:
+            ident += "_parallel"
         body = f"_kernel({', '.join(call)})"
         if reduce == "sum":
             body = f"(lambda _o: (_o[0].sum(), *_o[1:]))({body})"
@@ -371,7 +382,10 @@ def _compile(entry: _Entry) -> None:
         entry.state = COMPILING
     start = time.perf_counter()
     try:
-        compiled = torch.compile(entry.function, dynamic=True)
+        # serial code for small CPU inputs: one thread, no OpenMP region (also a
+        # different Inductor cache key from the parallel variant's)
+        options = {"cpp.threads": 1} if entry.serial else None
+        compiled = torch.compile(entry.function, dynamic=True, options=options)
         examples = _examples(entry.templates, torch, entry.large)
         with torch.set_grad_enabled(entry.grad_enabled):
             compiled(*examples)
@@ -500,7 +514,7 @@ def kernel_callable(
         )
         entry = _ENTRIES.get(key)
         if entry is None:
-            function = _function_for(kernel, spec, len(args), reduce)
+            function = _function_for(kernel, spec, len(args), reduce, large)
             entry = _Entry(
                 name=getattr(function, "__name__", "kernel"),
                 function=function,
@@ -508,6 +522,7 @@ def kernel_callable(
                 grad_enabled=torch.is_grad_enabled(),
                 specialized=spec,
                 large=large,
+                serial=not large and args[0].device.type == "cpu",
             )
             count = _SIGNATURES.get(id(function), 0)
             if count >= MAX_SIGNATURES:

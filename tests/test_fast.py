@@ -239,6 +239,8 @@ def test_large_and_small_cpu_inputs_get_separate_kernels(fake_compile: list[Any]
     fast.kernel_callable(k, _args(fast.PARALLEL_MIN_NUMEL))
     fast.kernel_callable(k, _args(10 * fast.PARALLEL_MIN_NUMEL))
     assert sorted((s.large, s.eager_calls) for s in fast.status()) == [(False, 2), (True, 2)]
+    names = {s.large: s.name for s in fast.status()}
+    assert names[True].endswith("_parallel") and not names[False].endswith("_parallel")
 
 
 def test_scalar_params_are_specialised_tensor_params_are_not(fake_compile: list[Any]) -> None:
@@ -265,8 +267,9 @@ def test_specialised_function_matches_the_kernel() -> None:
     args = _args(50, 0.25, 2.0)
     with torch.no_grad():
         for got, want in zip(fn(*args), k.fn(*args), strict=True):
-            # pow(b, 2.0) with a Python exponent vs a tensor exponent: <= 1 ulp apart
-            torch.testing.assert_close(got, want, rtol=3e-7, atol=1e-12)
+            # pow(b, 2.0) with a Python vs a tensor exponent: an ulp apart, which the
+            # gradient's cancelling terms can turn into a small absolute difference
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_compile_examples_keep_the_size_pattern_and_strides() -> None:
