@@ -45,12 +45,14 @@ def cross_entropy(z, y, class_weight, label_smoothing):
 def categorical_crossentropy(q, y):
     r"""Categorical cross-entropy on *probabilities*: :math:`-\sum_c y_c \log q_c`.
 
+    ``0 log 0 = 0``: a class with ``y_c = 0`` contributes nothing, even where ``q_c = 0``.
+
     Cat 0.6 / dog 0.4 with truth cat gives :math:`-\log 0.6 = 0.5108`.
 
     References:
         Goodfellow, Bengio, Courville, "Deep Learning" (2016), sec. 6.2.2.3.
     """
-    return -cl.csum(y * cl.log(q))
+    return -cl.csum(cl.xlogy(y, q))
 
 
 @loss(classes=True, references=("PyTorch: F.kl_div(q.log(), p, reduction='batchmean')",))

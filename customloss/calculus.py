@@ -366,6 +366,11 @@ def stable_derivatives(stable_expr: sympy.Expr, wrt: Iterable[sympy.Symbol]) -> 
 # current class"; a reduction is a per-sample quantity.
 
 
+def _latex_power(body: str, exp: Any) -> str:
+    # SymPy's LaTeX printer passes exp= when the function is raised to a power
+    return body if exp is None else r"\left(" + body + r"\right)^{" + str(exp) + "}"
+
+
 class _ClassReduction(sympy.Function):
     """Base of the class-axis reductions (one argument: a per-class expression)."""
 
@@ -398,8 +403,8 @@ class CSum(_ClassReduction):
     def weight(self) -> sympy.Expr:
         return sympy.S.One
 
-    def _latex(self, printer: Any) -> str:
-        return r"\sum_{c}\left(" + printer._print(self.args[0]) + r"\right)"
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _latex_power(r"\sum_{c}\left(" + printer._print(self.args[0]) + r"\right)", exp)
 
 
 class KeptExp(sympy.Function):
@@ -441,8 +446,8 @@ class CLogSumExp(_ClassReduction):
     def _eval_rewrite_as_exp(self, u: sympy.Expr, **kwargs: object) -> sympy.Expr:
         return sympy.log(CSum(sympy.exp(u)))
 
-    def _latex(self, printer: Any) -> str:
-        return r"\log\sum_{c} e^{" + printer._print(self.args[0]) + "}"
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _latex_power(r"\log\sum_{c} e^{" + printer._print(self.args[0]) + "}", exp)
 
 
 class CMax(_ClassReduction):
@@ -454,8 +459,8 @@ class CMax(_ClassReduction):
         hit = sympy.Piecewise((1, sympy.Eq(self.args[0], self)), (0, True))
         return hit / CSum(hit)
 
-    def _latex(self, printer: Any) -> str:
-        return r"\max_{c}\left(" + printer._print(self.args[0]) + r"\right)"
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _latex_power(r"\max_{c}\left(" + printer._print(self.args[0]) + r"\right)", exp)
 
 
 CLASS_REDUCTIONS = (CSum, CLogSumExp, CMax)

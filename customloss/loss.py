@@ -632,6 +632,12 @@ class Loss:
             ]
         return "\n".join(lines)
 
+    def plot(self, **kwargs: Any) -> Any:
+        """Loss and gradient curves as a matplotlib figure (see ``customloss.plot.plot_loss``)."""
+        from customloss.plot import plot_loss
+
+        return plot_loss(self, **kwargs)
+
     def pretty(self) -> str:
         """The loss and its gradient, pretty-printed in Unicode."""
         return (
