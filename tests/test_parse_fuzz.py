@@ -7,7 +7,8 @@ What every case must show:
   is parsed; ``builtins.open``/``io.open`` raise and ``builtins.__import__`` refuses any
   module not already imported);
 * every rejection is a ``ValueError`` with a message; any other exception is a failure;
-* each parse finishes within a bounded time (1 s);
+* each parse finishes within a bounded time (1 s of CPU time: the work done, whatever
+  the load of the machine running the tests);
 * text built with a forbidden construct is always rejected.
 
 The quick tests run a few hundred cases; the ``slow`` one runs 10,000.  Pathological but
@@ -68,6 +69,7 @@ class _Recorder:
     events: list[tuple[str, str]] = field(default_factory=list)
     lazy_imports: list[str] = field(default_factory=list)
     after_trusted_open: bool = False
+    saw_lazy_import: bool = False
 
 
 _RECORDER = _Recorder()
@@ -113,7 +115,11 @@ def _is_sympy_monomial_code(code: object) -> bool:
 
 def _audit(event: str, args: tuple[object, ...]) -> None:
     rec = _RECORDER
-    if not rec.active or threading.get_ident() != rec.thread:
+    if rec.thread != threading.get_ident():
+        return
+    if event == "import" and str(args[0]).split(".")[0] in TRUSTED_LAZY_IMPORTS:
+        rec.saw_lazy_import = True  # also while suspended inside a guarded import
+    if not rec.active:
         return
     if event == "compile":
         # ast.parse of the loss text itself (filename "<unknown>"), or SymPy's polynomial
@@ -184,6 +190,7 @@ def guarded(source: str) -> Iterator[_Recorder]:
 
     _RECORDER.events.clear()
     _RECORDER.lazy_imports.clear()
+    _RECORDER.saw_lazy_import = False
     _RECORDER.source = source
     _RECORDER.thread = threading.get_ident()
     builtins.__import__, builtins.open, io.open = no_new_import, no_open, no_open  # type: ignore[assignment]
@@ -192,6 +199,7 @@ def guarded(source: str) -> Iterator[_Recorder]:
         yield _RECORDER
     finally:
         _RECORDER.active = False
+        _RECORDER.thread = None
         builtins.__import__, builtins.open, io.open = real_import, real_open, real_io_open
 
 
@@ -204,12 +212,27 @@ class Outcome:
     message: str
     seconds: float
     events: list[tuple[str, str]]
+    lazy_import: bool = False
 
 
 def parse(source: str) -> Outcome:
-    """``cl.define`` under the guard; anything but a Loss or a ValueError fails the test."""
+    """``cl.define`` under the guard; anything but a Loss or a ValueError fails the test.
+
+    When SymPy imported one of its own modules during the parse (a one-off cost of the
+    first use, not work the text caused) and the parse was slow, the time is taken from a
+    second parse of the same text.
+    """
+    out = _parse_once(source)
+    if out.seconds >= TIME_LIMIT_S and out.lazy_import:
+        again = _parse_once(source)
+        out.seconds = again.seconds
+        out.events += again.events
+    return out
+
+
+def _parse_once(source: str) -> Outcome:
     with guarded(source) as rec:
-        started = time.perf_counter()
+        started = time.thread_time()  # CPU time: the work done, not the machine's load
         try:
             cl.define("fuzz", source, inputs=INPUTS, params=PARAMS)
             accepted, message = True, ""
@@ -219,9 +242,10 @@ def parse(source: str) -> Outcome:
             pytest.fail(f"the parser tried something forbidden on {source!r}: {exc}")
         except BaseException as exc:  # pragma: no cover - would be a robustness bug
             pytest.fail(f"{type(exc).__name__} (not ValueError) on {source!r}: {exc}")
-        seconds = time.perf_counter() - started
+        seconds = time.thread_time() - started
         events = list(rec.events)
-    return Outcome(source, accepted, message, seconds, events)
+        lazy = rec.saw_lazy_import or bool(rec.lazy_imports)
+    return Outcome(source, accepted, message, seconds, events, lazy)
 
 
 def assert_safe(out: Outcome) -> None:
@@ -231,7 +255,13 @@ def assert_safe(out: Outcome) -> None:
 
 
 # Warm SymPy's lazy imports once, so that the first fuzz case is judged like the others.
-for _src in ("(p - y)**2*k", "where(p > y, log(sigmoid(p)), maximum(p, y))", "p.x"):
+for _src in (
+    "(p - y)**2*k",
+    "where(p > y, log(sigmoid(p)), maximum(p, y))",
+    "p.x",
+    "sigmoid(where(pi < where(p == pi, 0.0, 4), 0.5, tanh(0.0)))",
+    "where(p > 0 and y < 1 or not p > y, p, y)",
+):
     with contextlib.suppress(ValueError):
         cl.define("warm", _src, inputs=INPUTS, params=PARAMS)
 
@@ -471,17 +501,17 @@ _BOUNDED_SCRIPT = textwrap.dedent(
     cl.define("warm", "log(sigmoid(p))*y", inputs=("p", "y")).source("numpy")  # lazy imports
     src = sys.stdin.read()
     out = {}
-    t = time.perf_counter()
+    t = time.process_time()
     try:
         loss = cl.define("patho", src, inputs=("p", "y"), params={"k": 1.0})
     except ValueError as exc:
         out["refused"] = str(exc)
-    out["define"] = time.perf_counter() - t
+    out["define"] = time.process_time() - t
     print(json.dumps(out), flush=True)
     if "refused" not in out:
-        t = time.perf_counter(); loss.grad(); out["grad"] = time.perf_counter() - t
+        t = time.process_time(); loss.grad(); out["grad"] = time.process_time() - t
         print(json.dumps(out), flush=True)
-        t = time.perf_counter(); loss.source("numpy"); out["compile"] = time.perf_counter() - t
+        t = time.process_time(); loss.source("numpy"); out["compile"] = time.process_time() - t
         print(json.dumps(out), flush=True)
     """
 )
@@ -529,6 +559,11 @@ UNBOUNDED = {
     "product of 399 factors": "*".join(f"(p+{i})" for i in range(1, 400)),
     "product of 299 log-sigmoids": "*".join(f"log(sigmoid(p*{i}))" for i in range(1, 300)),
     "power chain of 31": "p" + "**p" * 30,
+    # within every limit (7,700 characters, < 2,000 nodes), but ~2.4 ms of SymPy per
+    # comparison: 1.6 s of CPU for define alone
+    "condition of 650 comparisons": "where("
+    + " and ".join(f"p > {i}" for i in range(650))
+    + ", p, y)",
 }
 BOUND_DEFINE_S = 1.0
 BOUND_TOTAL_S = 10.0
@@ -557,8 +592,9 @@ def test_pathological_accepted_is_bounded(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="finding (parse.py limits / calculus): accepted by the limits, then differentiation "
-    "and code generation (sympy.cse) of these legal expressions run for minutes",
+    reason="finding (parse.py limits / calculus): accepted by the limits, then define (the "
+    "650-comparison condition: 1.6 s) or differentiation and code generation (sympy.cse: "
+    "the products and the power chain, minutes) exceed the bounds",
 )
 @pytest.mark.parametrize("name", list(UNBOUNDED))
 def test_pathological_accepted_but_unbounded(name: str) -> None:

@@ -264,8 +264,6 @@ ROBUST_SCAN = (
 KNOWN_FAILURES = {
     "bce": "builtin bce: a NaN prediction gives 100 (the -100 log clamp swallows NaN)",
     "focal": "builtin focal: a NaN prediction gives 0 (where(1 - p_t > 0, ...) swallows NaN)",
-    "hinge": "core: double backward through Max's Heaviside: aten::heaviside has no derivative",
-    "quantile": "core: double backward through Max's Heaviside: aten::heaviside has no derivative",
     "weighted_sq": "example plugin weighted_sq: 0 * inf = nan at residual 1e30 in float32",
     "cauchy": ROBUST_SCAN,
     "charbonnier": ROBUST_SCAN,
