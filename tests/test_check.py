@@ -333,12 +333,6 @@ TEXTBOOK_FOCAL = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug (calculus/codegen): the textbook focal form's gradient is "
-    "(1 + exp(-x))**(-gamma-1) * exp(-x) * softplus(x) -> inf/inf = nan for x <= -89 "
-    "(float32); see docs/reliability.md, 'Known findings'",
-)
 def test_textbook_focal_form_gradients_are_finite() -> None:
     # The same loss as FOCAL_TV, written the way the paper's equation reads.
     focal = cl.define("focal_textbook", TEXTBOOK_FOCAL, inputs=("x", "y"), params={"gamma": 2.0})
