@@ -19,6 +19,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from run import DSL, focal, fwd_bwd, interleaved, make_inputs, prepare
+import run
+from run import DSL, focal, fwd_bwd, interleaved, make_inputs, peak_rss_mib, prepare
 
 TINY32 = torch.finfo(torch.float32).tiny
 
@@ -85,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4_000_000)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     dev = torch.device("cpu")
     n = args.n
+    if args.memory_child:
+        return memory_child(n)
     print(f"N = {n}, {args.reps} interleaved repetitions, median ms, forward + backward")
 
     # focal ------------------------------------------------------------------
@@ -114,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         dev,
     )
     bce = m["F.bce_with_logits"]
-    print(f"\n| focal, N={n} | median ms | / F.bce_with_logits |")
+    print(
+        f"\n| focal, N={n} | median ms | / F.bce_with_logits |  (others' load {run.last_background} cores)"
+    )
     print("|---|---|---|")
     for name, v in m.items():
         print(f"| {name} | {v:.2f} | {v / bce:.2f}x |")
@@ -134,10 +142,37 @@ def main(argv: list[str] | None = None) -> int:
         args.reps,
         dev,
     )
-    print(f"\n| mse, N={n} | median ms | / F.mse_loss |")
+    print(
+        f"\n| mse, N={n} | median ms | / F.mse_loss |  (others' load {run.last_background} cores)"
+    )
     print("|---|---|---|")
     for name, v in m.items():
         print(f"| {name} | {v:.2f} | {v / m['F.mse_loss']:.2f}x |")
+    if sys.platform.startswith("linux"):
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        cmd = [sys.executable, __file__, "--memory-child", "--n", str(n)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        print(f"\n| mse, N={n}: peak memory growth of forward+backward | MiB |")
+        print("|---|---|")
+        for line in out.stdout.splitlines():
+            if line.startswith("MEM "):
+                _, name, mib = line.split(" ", 2)
+                print(f"| {name.replace('_', ' ')} | {mib} |")
+    return 0
+
+
+def memory_child(n: int) -> int:
+    """Peak memory of mse today, with the fused reduction, and F.mse_loss."""
+    mse = DSL["mse"]
+    x, y = make_inputs(n, "regression", torch.device("cpu"))
+    prepare(mse, x, y)
+    fused_m = reduced(mse._kernel("torch", ("p",), value=True).fn, ())
+    for name, fn in (
+        ("today_(compiled)", mse),
+        ("+_fused_reduction_and_in-place_backward", lambda a, b: FusedReduced.apply(fused_m, a, b)),
+        ("F.mse_loss", F.mse_loss),
+    ):
+        print(f"MEM {name} {peak_rss_mib(fwd_bwd(fn, x, y), x):.1f}")
     return 0
 
 
