@@ -84,12 +84,18 @@ def focal_cheap(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return v, d
 
 
+def load() -> str:
+    return "?" if run.last_background is None else f"{run.last_background:.1f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4_000_000)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--wait-idle", type=float, default=0.0, help="see run.py --wait-idle")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    run.wait_idle_s = args.wait_idle
     dev = torch.device("cpu")
     n = args.n
     if args.memory_child:
@@ -120,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         dev,
     )
     bce = m["F.bce_with_logits"]
-    print(
-        f"\n| focal, N={n} | median ms | / F.bce_with_logits |  (others' load {run.last_background} cores)"
-    )
+    print(f"\n| focal, N={n} | median ms | / F.bce_with_logits |  (others' load {load()} cores)")
     print("|---|---|---|")
     for name, v in m.items():
         print(f"| {name} | {v:.2f} | {v / bce:.2f}x |")
@@ -142,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         args.reps,
         dev,
     )
-    print(
-        f"\n| mse, N={n} | median ms | / F.mse_loss |  (others' load {run.last_background} cores)"
-    )
+    print(f"\n| mse, N={n} | median ms | / F.mse_loss |  (others' load {load()} cores)")
     print("|---|---|---|")
     for name, v in m.items():
         print(f"| {name} | {v:.2f} | {v / m['F.mse_loss']:.2f}x |")
