@@ -50,7 +50,7 @@ def test_naive_bce_with_logits_is_clean(device: str) -> None:
 def test_mse_overflow_beyond_dtype_is_not_blamed() -> None:
     # (1e30 - 0)**2 = 1e60: inf in float32/bfloat16 is the correctly rounded answer;
     # float64 holds it.  Nothing to report, and the point was really evaluated.
-    mse = cl.define("mse", "(p - y)**2", inputs=("p", "y"))
+    mse = cl.define("mse", "(p - t)**2", inputs=("p", "t"))
     report = check(mse)
     assert report.ok, str(report)
     x = torch.tensor([1e30], dtype=torch.float32)
@@ -147,7 +147,7 @@ def test_param_exponent_gradient_at_zero_base_is_reported() -> None:
 
 
 def test_backend_exception_is_reported_once_per_grid(monkeypatch: pytest.MonkeyPatch) -> None:
-    mse = cl.define("mse_boom", "(p - y)**2", inputs=("p", "y"))
+    mse = cl.define("mse_boom", "(p - t)**2", inputs=("p", "t"))
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
@@ -198,7 +198,7 @@ def test_required_and_vector_params_get_values() -> None:
 
 
 def test_argument_errors_name_the_problem() -> None:
-    mse = cl.define("mse_args", "(p - y)**2", inputs=("p", "y"))
+    mse = cl.define("mse_args", "(p - t)**2", inputs=("p", "t"))
     with pytest.raises(ValueError, match="unsupported dtype 'int8'"):
         check(mse, dtypes=["int8"])
     with pytest.raises(ValueError, match="unknown backend 'jax'"):
@@ -210,7 +210,7 @@ def test_argument_errors_name_the_problem() -> None:
 
 
 def test_dtype_spellings_and_float16() -> None:
-    mse = cl.define("mse_f16", "(p - y)**2", inputs=("p", "y"))
+    mse = cl.define("mse_f16", "(p - t)**2", inputs=("p", "t"))
     report = check(mse, dtypes=[torch.float16, np.float32, "float64"])
     assert report.dtypes == ("float16", "float32", "float64")
     assert report.ok, str(report)

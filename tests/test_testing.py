@@ -151,7 +151,7 @@ def test_wrong_compiled_derivative_fails_gradcheck_and_reference() -> None:
 
 
 def test_wrong_numpy_gradient_fails_numpy_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    loss = cl.define("np_grad_off", "(p - y)**2", inputs=("p", "y"))
+    loss = cl.define("np_grad_off", "(p - t)**2", inputs=("p", "t"))
     real = loss.gradient
     monkeypatch.setattr(loss, "gradient", lambda *a, **k: 1.01 * np.asarray(real(*a, **k)))
     report = check_loss(loss, checks=["numpy_torch"], raise_on_failure=False)
@@ -198,7 +198,7 @@ class _NoPickle(Loss):
 
 
 def test_unpicklable_loss_fails_pickling_and_can_be_switched_off() -> None:
-    base = cl.define("unpicklable", "(p - y)**2", inputs=("p", "y"))
+    base = cl.define("unpicklable", "(p - t)**2", inputs=("p", "t"))
     loss = _NoPickle(base.name, base.expr, inputs=base.inputs)
     report = check_loss(loss, checks=["pickling"], raise_on_failure=False)
     assert "pickle of the Loss failed" in report["pickling"].detail
@@ -211,7 +211,7 @@ def test_unpicklable_loss_fails_pickling_and_can_be_switched_off() -> None:
 # the report and the arguments
 # ---------------------------------------------------------------------------
 def test_checks_and_skip_select_what_runs() -> None:
-    loss = cl.define("select", "(p - y)**2", inputs=("p", "y"))
+    loss = cl.define("select", "(p - t)**2", inputs=("p", "t"))
     report = check_loss(loss, checks=["weight", "errors"], skip=["errors"])
     assert [(r.name, r.status) for r in report.results] == [("weight", "passed"), ("errors", "off")]
     with pytest.raises(ValueError, match="unknown check 'speed'"):
