@@ -49,6 +49,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import sys
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -810,3 +812,19 @@ def _judge(quantity: str, got: float, tv: TrueValue, dtype: str, limit: float) -
     if math.isnan(got) or (got > 0) != (tv.value > 0):
         return f"{quantity} is {shown}; {label} {beyond}"
     return None
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`check`.
+
+    ``customloss.check`` names both this module and the function (``cl.check(loss)``).
+    Importing a submodule sets the package attribute to the module, whatever
+    ``customloss/__init__.py`` bound before, so the module itself must be callable for
+    ``cl.check(loss)`` to work in every import order.
+    """
+
+    def __call__(self, loss: Loss, **kwargs: Any) -> CheckReport:
+        return check(loss, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -338,3 +338,15 @@ def test_textbook_focal_form_gradients_are_finite() -> None:
     focal = cl.define("focal_textbook", TEXTBOOK_FOCAL, inputs=("x", "y"), params={"gamma": 2.0})
     report = check(focal, params={"gamma": GAMMAS}, wrt=("x",))
     assert report.ok, str(report)
+
+
+def test_the_module_is_callable_as_check() -> None:
+    # customloss.check is both the module and (for cl.check(loss)) the function
+    import importlib
+
+    module = importlib.import_module("customloss.check")
+    mse = cl.define("mse_callable", "(p - t)**2", inputs=("p", "t"))
+    report = module(mse, dtypes=["float64"], backends=["numpy"])
+    assert isinstance(report, CheckReport) and report.ok
+    assert report.dtypes == ("float64",) and report.backends == ("numpy",)
+    assert cl.check(mse, dtypes=["float32"]).dtypes == ("float32",)
