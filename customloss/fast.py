@@ -367,8 +367,12 @@ def _examples(templates: tuple[Any, ...], torch: Any, large: bool = False) -> li
     return out
 
 
-def _compile(entry: _Entry) -> None:
-    """Compile ``entry`` (in whichever thread calls this) and mark it ready or failed."""
+def _compile(entry: _Entry, background: bool = False) -> None:
+    """Compile ``entry`` (in whichever thread calls this) and mark it ready or failed.
+
+    ``background``: shorten the GIL switch interval while compiling (restored before
+    the entry is marked done).
+    """
     import torch
 
     with _LOCK:
@@ -381,15 +385,17 @@ def _compile(entry: _Entry) -> None:
             return
         entry.state = COMPILING
     start = time.perf_counter()
+    polite = _short_switch_interval() if background else contextlib.nullcontext()
     try:
-        # serial code for small CPU inputs: one thread, no OpenMP region (also a
-        # different Inductor cache key from the parallel variant's)
-        options = {"cpp.threads": 1} if entry.serial else None
-        compiled = torch.compile(entry.function, dynamic=True, options=options)
-        examples = _examples(entry.templates, torch, entry.large)
-        with torch.set_grad_enabled(entry.grad_enabled):
-            compiled(*examples)
-        runner = torch._dynamo.run(entry.function)
+        with polite:
+            # serial code for small CPU inputs: one thread, no OpenMP region (also a
+            # different Inductor cache key from the parallel variant's)
+            options = {"cpp.threads": 1} if entry.serial else None
+            compiled = torch.compile(entry.function, dynamic=True, options=options)
+            examples = _examples(entry.templates, torch, entry.large)
+            with torch.set_grad_enabled(entry.grad_enabled):
+                compiled(*examples)
+            runner = torch._dynamo.run(entry.function)
     except Exception as exc:  # any failure leaves the always-correct eager path
         with _LOCK:
             entry.state = FAILED
@@ -448,8 +454,7 @@ def _worker_loop() -> None:
         try:
             if entry is None:
                 return
-            with _short_switch_interval():
-                _compile(entry)
+            _compile(entry, background=True)
         finally:
             _QUEUE.task_done()
 

@@ -387,6 +387,42 @@ def test_sync_compile_in_many_threads_compiles_once(monkeypatch: pytest.MonkeyPa
     assert st.state == "ready" and st.compiled_calls == 6
 
 
+def test_background_worker_compiles_politely_and_swaps_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import sys
+
+    monkeypatch.setenv(fast.ENV_SWITCH, "1")
+    seen: dict[str, Any] = {}
+
+    def fake_torch_compile(fn: Any, **kwargs: Any) -> Any:
+        seen["switch"] = sys.getswitchinterval()
+        seen["thread"] = threading.current_thread().name
+        if hasattr(os, "getpriority") and sys.platform.startswith("linux"):
+            seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen["options"] = kwargs.get("options")
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_torch_compile)
+    monkeypatch.setattr(torch._dynamo, "run", lambda fn: fn)
+    before = sys.getswitchinterval()
+    k = _kernel()
+    args = _args(100)
+    assert fast.kernel_callable(k, args) is k.fn  # eager while the worker compiles
+    assert fast.wait(timeout=30)
+    assert seen["thread"] == "customloss-compile"
+    assert seen["switch"] <= fast.COMPILE_SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before
+    if "nice" in seen:
+        assert seen["nice"] >= fast.WORKER_NICE
+    assert seen["options"] == {"cpp.threads": 1}  # a small CPU input: serial loop
+    (st,) = fast.status()
+    assert st.state == "ready"
+    assert fast.kernel_callable(k, args) is k.fn  # run(fn) is fn here: the ready path
+    assert fast.status()[0].compiled_calls == 1
+
+
 # --------------------------------------------------------------------------- compiled == eager
 
 
