@@ -711,8 +711,8 @@ def sweep(reps: int, max_exp: int, device: torch.device) -> None:
         "torchvision formula": [],
     }
     print("\n### focal forward+backward vs N (median ms)\n")
-    print("| N | ours | F.bce_with_logits | torchvision formula (eager) |")
-    print("|---|---|---|---|")
+    print("| N | ours | F.bce_with_logits | torchvision formula (eager) | others' load (cores) |")
+    print("|---|---|---|---|---|")
     for n in sizes:
         x, y = make_inputs(n, "logits", device)
         prepare(focal, x, y)  # small and large inputs have separate kernels
@@ -729,7 +729,9 @@ def sweep(reps: int, max_exp: int, device: torch.device) -> None:
         for k, v in m.items():
             series[k].append(v)
         print(
-            f"| {n:.0e} | {m['ours (focal, DSL)']:.3f} | {m['F.bce_with_logits']:.3f} | {m['torchvision formula']:.3f} |"
+            f"| {n:.0e} | {m['ours (focal, DSL)']:.3f} | {m['F.bce_with_logits']:.3f} "
+            f"| {m['torchvision formula']:.3f} "
+            f"| {'?' if last_background is None else f'{last_background:.1f}'} |"
         )
         sys.stdout.flush()
         del x, y
