@@ -337,8 +337,9 @@ def _template(a: Any, torch: Any) -> _ArgTemplate | Any:
 def _examples(templates: tuple[Any, ...], torch: Any, large: bool = False) -> list[Any]:
     """Stand-in arguments for a compile: same signature, no shared data.
 
-    Inductor decides from the example sizes whether the C++ loop is OpenMP-parallel.
-    For a ``large`` signature the real sizes are used (parallel loop); otherwise, when
+    Inductor decides from the example sizes whether the C++ loop is OpenMP-parallel
+    (and, on GPUs, picks Triton block sizes).  For a ``large`` signature (and on GPUs)
+    the real sizes are used; otherwise, when
     every tensor is contiguous, sizes >= 2 are replaced by small distinct sizes (equal
     sizes stay equal), which gives a serial loop and keeps the compile cheap.
     Non-contiguous tensors keep their exact sizes and strides.
@@ -392,7 +393,9 @@ def _compile(entry: _Entry, background: bool = False) -> None:
             # different Inductor cache key from the parallel variant's)
             options = {"cpp.threads": 1} if entry.serial else None
             compiled = torch.compile(entry.function, dynamic=True, options=options)
-            examples = _examples(entry.templates, torch, entry.large)
+            # real sizes except for serial CPU kernels: size hints steer Inductor's
+            # parallelisation (CPU) and Triton's block sizes (GPU)
+            examples = _examples(entry.templates, torch, not entry.serial)
             with torch.set_grad_enabled(entry.grad_enabled):
                 compiled(*examples)
             runner = torch._dynamo.run(entry.function)
