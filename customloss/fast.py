@@ -8,9 +8,9 @@ GPUs), so the dozen-odd elementwise passes of the eager kernel become one.
 
 Default policy (the decision, and why)
 --------------------------------------
-A cold ``torch.compile`` costs seconds (2-10 s on a 2-core CPU, about 2 s with a warm
-disk cache), which must never stall a training step and must not slow the test
-suite.  Therefore:
+A cold ``torch.compile`` costs seconds (focal on this project's 2-core CPU: 12.5 s in
+a fresh process with an empty Inductor cache, 5.5 s with a warm one), which must never
+stall a training step and must not slow the test suite.  Therefore:
 
 * ``CUSTOMLOSS_COMPILE`` unset or ``auto`` (the default): a kernel is compiled in a
   **background thread** once it is *hot*: it has been called
@@ -36,8 +36,8 @@ whether the input is *large* (at least :data:`PARALLEL_MIN_NUMEL` = 32768 elemen
 ATen's grain size): Inductor decides at compile time, from the example sizes, whether
 its loop is OpenMP-parallel, and a parallel loop costs a thread fork/join that small
 inputs should not pay, so large and small inputs get separate kernels (small ones
-compiled with Inductor's ``cpp.threads=1``: a serial loop).  A call whose signature has no compiled
-kernel yet runs eagerly (and, under the policy above, queues a compile).  Compiled
+compiled with Inductor's ``cpp.threads=1``: a serial loop).  A call whose signature
+has no compiled kernel yet runs eagerly (and, under the policy above, queues a compile).  Compiled
 kernels are run through ``torch._dynamo.run`` (run-only mode): should a guard fail
 anyway, Dynamo runs the eager code instead of compiling in the caller's thread.
 
@@ -49,7 +49,11 @@ is compiled once with the params as tensors.  Params on a GPU are never
 specialised (reading their value would synchronise the device).
 
 All bookkeeping is guarded by one lock; compiles run one at a time in a single daemon
-worker thread (Dynamo itself serialises compiles with its own lock).  If a compile
+worker thread (Dynamo itself serialises compiles with its own lock).  The worker runs
+at nice :data:`WORKER_NICE` (Linux, per thread; the C++ compiler processes it starts
+inherit it) and shortens the GIL switch interval to
+:data:`COMPILE_SWITCH_INTERVAL` while it compiles, so that a training thread, which
+re-acquires the GIL after every torch op, is not held up for 5 ms each time.  If a compile
 fails (no C++ compiler, an unsupported platform, ...), a warning is issued once and
 the kernel stays eager for good.  Inside a ``torch.compile`` region of the user's own
 code the eager kernel is returned, so the outer compile traces it.
@@ -59,6 +63,11 @@ objects and its FX-graph and AOTAutograd caches under ``TORCHINDUCTOR_CACHE_DIR`
 (default ``$TMPDIR/torchinductor_$USER``), shared across processes; a second process
 compiling the same kernel skips code generation and the C++ compiler and only
 re-traces with Dynamo.  See ``docs/performance.md``.
+
+``kernel_callable(kernel, args, reduce="sum")`` returns the sum of the first output
+instead of the elementwise values; compiled, the sum is fused into the kernel's loop
+(the values are never stored).  ``torch_backend`` does not use it yet (see
+``docs/performance.md``, proposal P1).
 
 Results equal the eager kernel's to floating-point rounding (a few ulp: Inductor
 uses vectorised SLEEF transcendental functions and may contract ``a*b+c``); the
