@@ -37,6 +37,11 @@ class Limits:
     max_int_bits: int = 128
     max_exponent: float = 1_000.0
     max_constant: float = 1e300
+    #: bounds on the *symbolic* work an accepted text can cause (differentiation and
+    #: common-subexpression elimination grow with these)
+    max_product_factors: int = 64
+    max_power_tower: int = 3
+    max_comparisons: int = 64
 
 
 LIMITS = Limits()
@@ -110,6 +115,8 @@ def _check_tree(tree: ast.Expression, names: set[str], limits: Limits) -> None:
         elif isinstance(node, ast.UnaryOp):
             if not isinstance(node.op, (ast.USub, ast.UAdd, ast.Not)):
                 raise _fail(f"unary operator {type(node.op).__name__} not allowed", node)
+            if isinstance(node.op, ast.Not) and not _is_condition(node.operand):
+                raise _fail("'not' applies to comparisons only (e.g. not p > 0)", node)
         elif isinstance(node, ast.Constant):
             v = node.value
             if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -138,7 +145,9 @@ def _check_tree(tree: ast.Expression, names: set[str], limits: Limits) -> None:
                 if type(op) not in _COMPARE:
                     raise _fail(f"comparison {type(op).__name__} not allowed", node)
         elif isinstance(node, ast.BoolOp):
-            pass
+            for v in node.values:
+                if not _is_condition(v):
+                    raise _fail("'and'/'or' combine comparisons only (e.g. p > 0 and y < 1)", node)
         else:
             raise _fail(f"{type(node).__name__} not allowed in a loss expression", node)
         for child in ast.iter_child_nodes(node):
@@ -155,6 +164,71 @@ def _check_tree(tree: ast.Expression, names: set[str], limits: Limits) -> None:
                 and _group(node.op) is not None
             )
             stack.append((child, depth if same_chain else depth + 1))
+
+
+def _is_condition(node: ast.AST) -> bool:
+    return isinstance(node, (ast.Compare, ast.BoolOp)) or (
+        isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)
+    )
+
+
+def _check_complexity(tree: ast.Expression, limits: Limits) -> None:
+    """Bound the symbolic work: product sizes, power towers, comparisons, constants."""
+    order: list[ast.AST] = []
+    parent: dict[int, ast.AST] = {}
+    stack: list[ast.AST] = [tree.body]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.expr):
+                parent[id(child)] = node
+                stack.append(child)
+    has_name: dict[int, bool] = {}
+    tower: dict[int, int] = {}
+    constants: dict[int, float | None] = {}
+    comparisons = 0
+    for node in reversed(order):  # children before parents
+        kids = [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)]
+        has_name[id(node)] = (
+            (isinstance(node, ast.Name) and node.id not in _CONSTANTS)
+            or isinstance(node, ast.Call)
+            or any(has_name[id(c)] for c in kids)
+        )
+        t = max((tower[id(c)] for c in kids), default=0)
+        if (
+            isinstance(node, ast.BinOp)
+            and isinstance(node.op, ast.Pow)
+            and has_name[id(node.right)]
+        ):
+            t = max(tower[id(node.left)], tower[id(node.right)]) + 1
+            if t > limits.max_power_tower:
+                raise _fail(
+                    f"powers with symbolic exponents nested too deeply (limit {limits.max_power_tower})",
+                    node,
+                )
+        tower[id(node)] = t
+        if isinstance(node, ast.Compare):
+            comparisons += len(node.ops)
+            if comparisons > limits.max_comparisons:
+                raise _fail(f"too many comparisons (limit {limits.max_comparisons})", node)
+        if isinstance(node, ast.BinOp) and not has_name[id(node)]:
+            constants[id(node)] = _const_value(node, limits)  # refuses values beyond range
+        if isinstance(node, ast.BinOp) and _group(node.op) == "mul":
+            up = parent.get(id(node))
+            if isinstance(up, ast.BinOp) and _group(up.op) == "mul" and up.left is node:
+                continue  # not the top of its chain
+            factors, cur = 0, node
+            while isinstance(cur, ast.BinOp) and _group(cur.op) == "mul":
+                factors += has_name[id(cur.right)]
+                cur = cur.left
+            factors += has_name[id(cur)]
+            if factors > limits.max_product_factors:
+                raise _fail(
+                    f"product of {factors} non-constant factors is too large "
+                    f"(limit {limits.max_product_factors})",
+                    node,
+                )
 
 
 def _group(op: ast.operator) -> str | None:
@@ -298,6 +372,7 @@ def parse_expression(source: str, *, symbols: Iterable[str], limits: Limits = LI
     try:
         tree = ast.parse(source.strip(), mode="eval")
         _check_tree(tree, names, limits)
+        _check_complexity(tree, limits)
         expr = _to_sympy(tree.body, {n: dsl.symbol(n) for n in names})
     except ValueError:
         raise

@@ -495,6 +495,11 @@ def test_limits_are_what_the_docs_say() -> None:
     # docs/reliability.md quotes these numbers
     assert (LIMITS.max_length, LIMITS.max_nodes, LIMITS.max_depth) == (10_000, 2_000, 60)
     assert (LIMITS.max_int_bits, LIMITS.max_exponent) == (128, 1_000.0)
+    assert (LIMITS.max_product_factors, LIMITS.max_power_tower, LIMITS.max_comparisons) == (
+        64,
+        3,
+        64,
+    )
 
 
 _BOUNDED_SCRIPT = textwrap.dedent(
@@ -593,33 +598,21 @@ def test_pathological_accepted_is_bounded(name: str) -> None:
     _assert_bounded(name, ACCEPTED_SLOW[name])
 
 
+# Once findings (unbounded SymPy work); now refused by the complexity limits of
+# parse.py (product factors, power towers, comparisons) in milliseconds.
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (parse.py limits / calculus): accepted by the limits, then define (the "
-    "650-comparison condition: 1.6 s) or differentiation and code generation (sympy.cse: "
-    "the products and the power chain, minutes) exceed the bounds",
-)
 @pytest.mark.parametrize("name", list(UNBOUNDED))
-def test_pathological_accepted_but_unbounded(name: str) -> None:
-    _assert_bounded(name, UNBOUNDED[name])
+def test_pathological_once_unbounded_now_refused(name: str) -> None:
+    result = _bounded(UNBOUNDED[name], timeout=BOUND_TOTAL_S * 3)
+    assert "refused" in result and "too" in str(result["refused"]), result
+    assert float(result["define"]) < BOUND_DEFINE_S  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (parse.py): a constant product beyond float range (1e308*10) is accepted; "
-    "the generated kernel then contains 'inf' and raises NameError when called",
-)
 def test_constant_beyond_float_range_is_refused() -> None:
     out = parse("1e308*10*p")
     assert not out.accepted, "1e308*10 = 1e309 is not a float; the kernel would print 'inf'"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (parse.py): 'not' applied to arithmetic builds sympy.Not(expr), and SymPy "
-    "then raises AttributeError (not ValueError), e.g. 'p + (not p)', 'tanh(not p)'",
-)
 @pytest.mark.parametrize("source", ["p + (not p)", "tanh(not p)", "sqrt(not p)"])
 def test_not_of_arithmetic_is_a_value_error(source: str) -> None:
     out = parse(source)  # fails the test on anything but a Loss or a ValueError
