@@ -38,6 +38,12 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> object:
     # `load` lives in customloss.serialize, which needs SymPy's printers at import time
+    if name == "check":  # the module is callable: cl.check(loss)
+        import importlib
+
+        module = importlib.import_module("customloss.check")
+        globals()["check"] = module
+        return module
     if name == "load":
         from customloss.serialize import load
 
@@ -52,6 +58,7 @@ __all__ = [
     "PluginLoadWarning",
     "__version__",
     "abs",
+    "check",
     "cmax",
     "cosh",
     "csum",

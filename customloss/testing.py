@@ -463,9 +463,9 @@ def _check_reductions(ctx: _Context) -> str:
         _close(f"{backend}: sum vs none.sum()", total, none.sum(), 1e-12)
         default = float(loss(a, b, **ctx.params))
         _close(f"{backend}: the default reduction is mean", default, mean, 0.0)
-    # Loss.torch() keeps params as buffers of the default dtype (float32), like any torch
-    # module's parameters: compare with the loss called with those buffer values
-    buffers = {k: torch.tensor(v, dtype=torch.get_default_dtype()) for k, v in ctx.params.items()}
+    # Loss.torch() keeps params as float64 buffers: the module equals the loss called
+    # with the same param values
+    buffers = {k: torch.tensor(v, dtype=torch.float64) for k, v in ctx.params.items()}
     for reduction in ("none", "mean", "sum"):
         module = loss.torch(reduction=reduction, **ctx.params)
         _close(

@@ -360,7 +360,9 @@ class LossModule(torch.nn.Module):
             if value is None:
                 self._required.append(name)
                 continue
-            self.register_buffer(name, torch.as_tensor(value, dtype=torch.get_default_dtype()))
+            # float64 buffers: a float64 input must not see params rounded to float32
+            # (the backend casts them to the compute dtype of each call)
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float64))
 
     def forward(
         self,
