@@ -189,11 +189,10 @@ def bce(p, y):
         and Sec. 2.3 (relative entropy); the clamp follows
         ``torch.nn.functional.binary_cross_entropy``.
     """
-    # where(), not maximum(): the clamped branch then has an exactly zero derivative,
-    # also at p = 0 where d log(p)/dp is infinite.
-    floor = exp(BCE_LOG_CLAMP)
-    log_p = where(p > floor, log(p), BCE_LOG_CLAMP)
-    log_1mp = where(1 - p > floor, log(1 - p), BCE_LOG_CLAMP)
+    # maximum() propagates a NaN prediction; its derivative is guarded by the compiler
+    # (the clamped branch has an exactly zero derivative, also at p = 0).
+    log_p = maximum(log(p), BCE_LOG_CLAMP)
+    log_1mp = maximum(log(1 - p), BCE_LOG_CLAMP)
     return -(y * log_p + (1 - y) * log_1mp)
 
 
@@ -272,9 +271,9 @@ def focal(x, y, alpha, gamma):
     ce = -(y * log_sigmoid(x) + (1 - y) * log_sigmoid(-x))
     # 1 - p_t, written without the cancellation of 1 - (p y + (1 - p)(1 - y)).
     one_minus_p_t = y * sigmoid(-x) + (1 - y) * sigmoid(x)
-    # Where 1 - p_t underflows to 0 the term is 0; the where() keeps d/d gamma,
-    # (1 - p_t)**gamma * log(1 - p_t), from becoming 0 * -inf there.
-    focal_term = where(one_minus_p_t > 0, ce * one_minus_p_t**gamma, 0)
+    # Where 1 - p_t underflows to 0, d/d gamma = ce (1 - p_t)**gamma log(1 - p_t) is
+    # 0 * -inf; the compiler guards b**g * log(b) at b = 0 (the true value is 0).
+    focal_term = ce * one_minus_p_t**gamma
     alpha_t = alpha * y + (1 - alpha) * (1 - y)
     return where(alpha >= 0, alpha_t * focal_term, focal_term)
 

@@ -330,7 +330,7 @@ def _guard_products(expr: sympy.Expr) -> sympy.Expr:
         for f in factors:
             if f.is_Pow and f.base in logs and f.exp.free_symbols:
                 return sympy.Piecewise(
-                    (sympy.S.Zero, sympy.And(sympy.Eq(f.base, 0), f.exp > 0)), (m, True)
+                    (sympy.S.Zero, sympy.And(sympy.Eq(f.base, 0), f.exp >= 0)), (m, True)
                 )
         return m
 

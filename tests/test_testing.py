@@ -263,8 +263,6 @@ ROBUST_SCAN = (
     "((x/c)**2 overflows: inf/nan where the true value is finite; d/dc 0*inf)"
 )
 KNOWN_FAILURES = {
-    "bce": "builtin bce: a NaN prediction gives 100 (the -100 log clamp swallows NaN)",
-    "focal": "builtin focal: a NaN prediction gives 0 (where(1 - p_t > 0, ...) swallows NaN)",
     "weighted_sq": "example plugin weighted_sq: 0 * inf = nan at residual 1e30 in float32",
     "cauchy": ROBUST_SCAN,
     "charbonnier": ROBUST_SCAN,
