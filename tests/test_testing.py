@@ -58,13 +58,6 @@ def test_user_focal_passes_every_check() -> None:
     assert "PASS gradgradcheck" in text and "PASS thread_safety" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConformanceError,
-    reason="core finding (calculus/codegen): at gamma = 0, d/dgamma = ce * log(1 - p_t) "
-    "(* (1-p_t)**0) is 0 * (-inf) = nan once 1 - p_t and ce underflow (true value 0), "
-    "e.g. x = -1e4, y = 0; -inf at x = -100 in float32",
-)
 def test_user_focal_with_learnable_gamma_passes_the_scan() -> None:
     check_loss(_focal(), checks=["extreme_values"], extreme_values={"wrt": ("gamma",)})
 
