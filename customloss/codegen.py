@@ -119,6 +119,13 @@ class KernelPrinter(StrPrinter):
     def _print_CMax(self, expr: Any) -> str:
         return f"R.cmax({self._print(expr.args[0])}, {self._ref})"
 
+    def _print__SignSelect(self, expr: Any) -> str:
+        a, x, z = (self._print(v) for v in expr.args)
+        return f"R.where(({a} >= 0), {x}, {z}, {self._ref})"
+
+    def _print__NegAbsExp(self, expr: Any) -> str:
+        return f"R.exp(-R.abs({self._print(expr.args[0])}))"
+
     def _print_Heaviside(self, expr: sympy.Heaviside) -> str:
         h0 = expr.args[1] if len(expr.args) > 1 else sympy.S.Half
         return f"R.heaviside({self._print(expr.args[0])}, {float(h0)!r})"
@@ -177,6 +184,64 @@ class KernelPrinter(StrPrinter):
         return "False"
 
 
+class _NegAbsExp(sympy.Function):
+    """``exp(-|a|)``: the one transcendental shared by sigmoid(+-a) and softplus(+-a)."""
+
+    nargs = 1
+
+
+class _SignSelect(sympy.Function):
+    """``where(a >= 0, x, z)`` as a function (a Piecewise inside a condition would
+    become SymPy's ``ITE``)."""
+
+    nargs = 3
+
+
+def lower_for_speed(exprs: Sequence[sympy.Expr]) -> list[sympy.Expr]:
+    """Rewrite stable expressions into forms with fewer transcendental calls.
+
+    For every argument ``a`` of ``Sigmoid``/``Softplus`` (up to sign), one
+    ``e = exp(-|a|)`` and ``r = 1 / (1 + e)`` serve all four of ``sigmoid(+-a)``
+    (``r`` or ``e r``, chosen by the sign of ``a``: no ``1 - s`` cancellation) and
+    ``softplus(+-a) = max(+-a, 0) + log1p(e)``; and ``b**g`` becomes ``b * b**(g-1)``
+    when ``b**(g-1)`` is needed anyway (one power instead of two).
+
+    The result is for *evaluation only* (forward passes, NumPy): its derivative at
+    ``a = 0`` is not the derivative of the original, so differentiable recomputation
+    uses the unlowered kernel.
+    """
+    from sympy.codegen.cfunctions import log1p
+
+    from customloss.calculus import Sigmoid, Softplus
+
+    def canon(u: sympy.Expr) -> tuple[sympy.Expr, bool]:
+        return (-u, True) if u.could_extract_minus_sign() else (u, False)
+
+    def sigmoid(node: sympy.Expr) -> sympy.Expr:
+        a, flipped = canon(node.args[0])
+        e = _NegAbsExp(a)
+        r = 1 / (1 + e)
+        big, small = (e * r, r) if flipped else (r, e * r)
+        return _SignSelect(a, big, small)
+
+    def softplus(node: sympy.Expr) -> sympy.Expr:
+        u = node.args[0]
+        a, _ = canon(u)
+        return sympy.Max(u, 0) + log1p(_NegAbsExp(a))
+
+    out = []
+    for expr in exprs:
+        expr = expr.replace(lambda n: isinstance(n, Sigmoid), sigmoid)
+        expr = expr.replace(lambda n: isinstance(n, Softplus), softplus)
+        pows = {p for p in expr.atoms(sympy.Pow) if p.exp.free_symbols}
+        for p in pows:
+            lower = sympy.Pow(p.base, p.exp - 1)
+            if lower in pows:
+                expr = expr.xreplace({p: sympy.Mul(p.base, lower, evaluate=False)})
+        out.append(expr)
+    return out
+
+
 @dataclass(frozen=True)
 class Kernel:
     """A generated elementwise function and its source.
@@ -203,6 +268,7 @@ def generate_kernel(
     shape_args: Sequence[sympy.Symbol] = (),
     prelude: Sequence[tuple[sympy.Symbol, str, Sequence[sympy.Symbol]]] = (),
     expand: Sequence[str | None] | None = None,
+    fast: bool = False,
 ) -> Kernel:
     """Generate, compile and return one fused kernel.
 
@@ -218,6 +284,8 @@ def generate_kernel(
         expand: per output, ``"full"`` (broadcast to the reference argument's shape),
             ``"sample"`` (to its shape with the class axis reduced) or ``None``;
             overrides ``shape_args`` when given.
+        fast: evaluate-only kernel with fewer transcendental calls (see
+            :func:`lower_for_speed`); not for differentiable recomputation.
 
     Returns:
         The :class:`Kernel`.
@@ -235,6 +303,8 @@ def generate_kernel(
         names[sym] = f"_g{i}"
     printer = KernelPrinter(names, ref)
     exprs = [e for _, e in outputs]
+    if fast:
+        exprs = lower_for_speed(exprs)
     temps = sympy.numbered_symbols("_t")
     replacements, reduced = sympy.cse(exprs, symbols=temps, order="none")
     for sym, _ in replacements:

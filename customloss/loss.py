@@ -299,14 +299,24 @@ class Loss:
 
     # -- code generation ----------------------------------------------------
     def _kernel(
-        self, backend: str, wrt: tuple[str, ...], value: bool | None = None
+        self,
+        backend: str,
+        wrt: tuple[str, ...],
+        value: bool | None = None,
+        *,
+        fast: bool = False,
     ) -> codegen.Kernel:
-        """The generated kernel returning the value (if requested) and derivatives."""
+        """The generated kernel returning the value (if requested) and derivatives.
+
+        ``fast=True``: an evaluate-only variant with fewer transcendental calls
+        (``codegen.lower_for_speed``), for forward passes; recomputation that must be
+        differentiable uses the default kernel.
+        """
         if self.classes:
             raise TypeError("class-axis losses use _class_kernel")
         if value is None:
             value = not wrt
-        key = ("kernel", self._key, backend, value, wrt)
+        key = ("kernel", self._key, backend, value, wrt, fast)
 
         def build() -> codegen.Kernel:
             global kernel_builds
@@ -321,6 +331,7 @@ class Loss:
                 outs,
                 runtime,
                 shape_args=[self._symbols[n] for n in self.inputs],
+                fast=fast,
             )
 
         return _cached(key, build)

@@ -87,6 +87,13 @@ class _TorchOps:
 
     @staticmethod
     def where(cond: Any, a: Any, b: Any, ref: torch.Tensor) -> torch.Tensor:
+        if isinstance(cond, bool):  # a condition on a param specialised to a constant
+            a = a if cond else b
+            return (
+                a
+                if isinstance(a, torch.Tensor)
+                else torch.tensor(a, dtype=ref.dtype, device=ref.device)
+            )
         if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
             a = torch.tensor(a, dtype=ref.dtype, device=ref.device)
         return torch.where(cond, a, b)
@@ -199,17 +206,23 @@ class LossFunction(torch.autograd.Function):
             and not any(ctx.needs_input_grad[4:])
             and not ctx.needs_input_grad[2]
         )
+        # Without a weight, a reduced loss is summed inside the (compiled) kernel: the
+        # elementwise values are never stored.
+        summed = reduction != "none" and w is None
+        reduce = "sum" if summed else None
         if only_input:
-            kernel = loss._kernel("torch", (pred,), value=True)
-            values, dinput = fast.kernel_callable(kernel, tuple(args))(*args)
+            kernel = loss._kernel("torch", (pred,), value=True, fast=True)
+            values, dinput = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
             ctx.fused_grad = dinput
         else:
-            kernel = loss._kernel("torch", ())
-            (values,) = fast.kernel_callable(kernel, tuple(args))(*args)
+            kernel = loss._kernel("torch", (), fast=True)
+            (values,) = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
             ctx.fused_grad = None
         if w is not None:
             values = values * w
-        if reduction == "mean":
+        if summed:
+            out = values / input.numel() if reduction == "mean" else values
+        elif reduction == "mean":
             out = values.mean()
         elif reduction == "sum":
             out = values.sum()
@@ -234,20 +247,37 @@ class LossFunction(torch.autograd.Function):
             g = g / max(numel, 1)
         w = weight.to(cdt) if weight is not None else None
         scale = g if w is None else g * w
+        in_place = False
         if ctx.fused_grad is not None and not torch.is_grad_enabled():
             grads = {loss.inputs[0]: ctx.fused_grad}
+            # used once: the saved buffer becomes the gradient (scaled in place); a
+            # second backward (retain_graph=True) recomputes from the saved inputs
+            ctx.fused_grad = None
+            in_place = True
             value = None
         else:
             args = [a.to(cdt) for a in (input, target, *params)]
-            outs = loss._kernel("torch", wrt, value=want_w).fn(*args) if (wrt or want_w) else ()
+            # Without a graph, the evaluate-only kernel the fused forward ran (a second
+            # backward then gives identical bits); with one (create_graph), the
+            # differentiable form.
+            outs = (
+                loss._kernel("torch", wrt, value=True, fast=not torch.is_grad_enabled()).fn(*args)
+                if (wrt or want_w)
+                else ()
+            )
             value = outs[0] if want_w else None
-            grads = dict(zip(wrt, outs[1:] if want_w else outs, strict=False))
+            grads = dict(zip(wrt, outs[1:], strict=True))
         result: list[torch.Tensor | None] = [None, None, None]
         if want_w:
             result[2] = _sum_to(value * g, weight.shape).to(weight.dtype)
         for n, t in zip(names, (input, target, *params), strict=False):
             if n in grads:
-                result.append(_sum_to(grads[n] * scale, t.shape).to(t.dtype))
+                d = grads[n]
+                if in_place and d.shape == t.shape and d.is_contiguous() and d.dtype == cdt:
+                    d = d.mul_(scale)
+                else:
+                    d = d * scale
+                result.append(_sum_to(d, t.shape).to(t.dtype))
             else:
                 result.append(None)
         return tuple(result)
