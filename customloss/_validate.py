@@ -56,3 +56,78 @@ def resolve_params(
             + ", ".join(repr(m) for m in missing)
         )
     return values
+
+
+# -- the class axis (shared by the NumPy and Torch class-axis paths) -----------------
+def class_axis(
+    loss_name: str, shape: Sequence[int], class_dim: int | None
+) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """Normalise ``class_dim`` for an input of ``shape``.
+
+    Returns:
+        ``(cd, sample_shape, keep_shape)``: the class dim, the input shape without it,
+        and the per-sample shape once the class axis is moved to dim 1 (size 1 there).
+    """
+    shape = tuple(shape)
+    nd = len(shape)
+    if nd == 0:
+        raise ValueError(f"loss {loss_name!r} needs an input with a class axis; got a 0-d input")
+    cd = (0 if nd == 1 else 1) if class_dim is None else class_dim
+    if isinstance(cd, bool) or not isinstance(cd, int) or not -nd <= cd < nd:
+        raise ValueError(f"class_dim={class_dim!r} is out of range for an input with {nd} dims")
+    cd %= nd
+    sample = shape[:cd] + shape[cd + 1 :]
+    moved = (1, shape[0]) if nd == 1 else (sample[0], shape[cd], *sample[1:])
+    keep = (moved[0], 1, *moved[2:])
+    return cd, sample, keep
+
+
+def check_index_target(
+    input_shape: Sequence[int], cd: int, sample_shape: Sequence[int], target_shape: Sequence[int]
+) -> None:
+    """Class-index targets have the input shape without the class axis."""
+    if tuple(target_shape) != tuple(sample_shape):
+        raise ValueError(
+            f"class-index target must have the input shape {tuple(input_shape)} without the "
+            f"class axis (dim {cd}), i.e. {tuple(sample_shape)}; got {tuple(target_shape)}"
+        )
+
+
+def check_probability_target(input_shape: Sequence[int], target_shape: Sequence[int]) -> None:
+    """Probability targets have the input's shape."""
+    if tuple(target_shape) != tuple(input_shape):
+        raise ValueError(
+            f"input and target must have the same shape (probability targets) or the "
+            f"target the input shape without the class axis (class indices); got input "
+            f"shape {tuple(input_shape)} and target shape {tuple(target_shape)}"
+        )
+
+
+def out_of_range_index(bad_value: int, n_classes: int, ignore_index: int) -> ValueError:
+    """The error for a class index outside ``[0, C)``."""
+    return ValueError(
+        f"target contains class index {bad_value} outside [0, {n_classes}) "
+        f"(ignore_index={ignore_index})"
+    )
+
+
+def class_param_shape(
+    name: str, shape: Sequence[int], per_class: bool, n_classes: int, ndim: int
+) -> tuple[int, ...]:
+    """The shape a param of a class-axis loss takes inside the kernels."""
+    shape = tuple(shape)
+    numel = 1
+    for s in shape:
+        numel *= s
+    if per_class:
+        if numel != 1 and shape != (n_classes,):
+            raise ValueError(
+                f"param {name!r} is per-class: give a scalar or a vector of length "
+                f"C={n_classes}; got shape {shape}"
+            )
+        return () if numel == 1 else (1, n_classes, *([1] * (ndim - 2)))
+    if numel != 1:
+        raise ValueError(
+            f"param {name!r} is a scalar param of a class-axis loss; got shape {shape}"
+        )
+    return ()

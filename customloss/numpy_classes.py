@@ -30,42 +30,23 @@ def _prepare(
 ) -> dict[str, Any]:
     p = _as_float(input, "input")
     nd = p.ndim
-    if nd == 0:
-        raise ValueError(f"loss {loss.name!r} needs an input with a class axis; got a 0-d array")
-    cd = (0 if nd == 1 else 1) if class_dim is None else class_dim
-    if not isinstance(cd, int) or not -nd <= cd < nd:
-        raise ValueError(f"class_dim={class_dim!r} is out of range for an input with {nd} dims")
-    cd %= nd
+    cd, sample_shape, keep = _validate.class_axis(loss.name, p.shape, class_dim)
     cdt = np.dtype(np.float32) if p.dtype.itemsize < 4 else p.dtype
     x = (p[None] if nd == 1 else np.moveaxis(p, cd, 1)).astype(cdt, copy=False)
     n_classes = x.shape[1]
-    sample_shape = p.shape[:cd] + p.shape[cd + 1 :]
-    keep = (x.shape[0], 1, *x.shape[2:])
     t = np.asarray(target)
     valid = None
     if t.dtype.kind in "iu":
-        if t.shape != sample_shape:
-            raise ValueError(
-                f"class-index target must have the input shape {p.shape} without the class "
-                f"axis (dim {cd}), i.e. {sample_shape}; got {t.shape}"
-            )
+        _validate.check_index_target(p.shape, cd, sample_shape, t.shape)
         idx = t.astype(np.int64).reshape(keep)
         valid = idx != ignore_index
         bad = valid & ((idx < 0) | (idx >= n_classes))
         if bad.any():
-            raise ValueError(
-                f"target contains class index {int(idx[bad][0])} outside [0, {n_classes}) "
-                f"(ignore_index={ignore_index})"
-            )
+            raise _validate.out_of_range_index(int(idx[bad][0]), n_classes, ignore_index)
         tgt = np.where(valid, idx, 0)
         mode = "index"
     elif t.dtype.kind in "fb":
-        if t.shape != p.shape:
-            raise ValueError(
-                f"input and target must have the same shape (probability targets) or the "
-                f"target the input shape without the class axis (class indices); got input "
-                f"shape {p.shape} and target shape {t.shape}"
-            )
+        _validate.check_probability_target(p.shape, t.shape)
         tgt = (t[None] if nd == 1 else np.moveaxis(t, cd, 1)).astype(cdt, copy=False)
         mode = "prob"
     else:
@@ -76,19 +57,9 @@ def _prepare(
         if v.dtype.kind not in "fiub":
             raise TypeError(f"param {name!r} must be numeric, got dtype {v.dtype}")
         v = v.astype(cdt, copy=False)
-        if name in loss.per_class:
-            if v.size != 1 and (v.ndim != 1 or v.shape[0] != n_classes):
-                raise ValueError(
-                    f"param {name!r} is per-class: give a scalar or a vector of length "
-                    f"C={n_classes}; got shape {v.shape}"
-                )
-            v = v.reshape(()) if v.size == 1 else v.reshape(1, n_classes, *([1] * (x.ndim - 2)))
-        elif v.size != 1:
-            raise ValueError(
-                f"param {name!r} is a scalar param of a class-axis loss; got shape {v.shape}"
-            )
-        else:
-            v = v.reshape(())
+        v = v.reshape(
+            _validate.class_param_shape(name, v.shape, name in loss.per_class, n_classes, x.ndim)
+        )
         ps.append(v)
     w = None
     if weight is not None:

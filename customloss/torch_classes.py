@@ -58,63 +58,35 @@ def _prepare(
             " (convert it with .float())"
         )
     nd = input.dim()
-    if nd == 0:
-        raise ValueError(f"loss {loss.name!r} needs an input with a class axis; got a 0-d tensor")
-    cd = (0 if nd == 1 else 1) if class_dim is None else class_dim
-    if not isinstance(cd, int) or not -nd <= cd < nd:
-        raise ValueError(f"class_dim={class_dim!r} is out of range for an input with {nd} dims")
-    cd %= nd
+    cd, sample_shape, keep_shape = _validate.class_axis(loss.name, input.shape, class_dim)
     x = input.unsqueeze(0) if nd == 1 else (input.movedim(cd, 1) if cd != 1 else input)
     n_classes = x.shape[1]
-    sample_shape = tuple(input.shape[:cd]) + tuple(input.shape[cd + 1 :])
-    keep_shape = (x.shape[0], 1, *x.shape[2:])
     if not isinstance(target, torch.Tensor):
         target = torch.as_tensor(target, device=input.device)
     if target.device != input.device:
         raise ValueError(f"target is on device {target.device} but input is on {input.device}")
     valid = None
     if not target.is_floating_point() and target.dtype != torch.bool:
-        if tuple(target.shape) != sample_shape:
-            raise ValueError(
-                f"class-index target must have the input shape {tuple(input.shape)} without "
-                f"the class axis (dim {cd}), i.e. {sample_shape}; got {tuple(target.shape)}"
-            )
+        _validate.check_index_target(input.shape, cd, sample_shape, target.shape)
         idx = target.long().reshape(keep_shape)
         valid = idx != ignore_index
         bad = valid & ((idx < 0) | (idx >= n_classes))
         if bool(bad.any()):
-            raise ValueError(
-                f"target contains class index {int(idx[bad][0])} outside [0, {n_classes}) "
-                f"(ignore_index={ignore_index})"
-            )
+            raise _validate.out_of_range_index(int(idx[bad][0]), n_classes, ignore_index)
         tgt = torch.where(valid, idx, torch.zeros_like(idx))
         mode = "index"
     else:
-        if tuple(target.shape) != tuple(input.shape):
-            raise ValueError(
-                f"input and target must have the same shape (probability targets) or the "
-                f"target the input shape without the class axis (class indices); got input "
-                f"shape {tuple(input.shape)} and target shape {tuple(target.shape)}"
-            )
+        _validate.check_probability_target(input.shape, target.shape)
         t = target if target.is_floating_point() else target.to(input.dtype)
         tgt = t.unsqueeze(0) if nd == 1 else (t.movedim(cd, 1) if cd != 1 else t)
         mode = "prob"
     ps = []
     for name, value in params.items():
         t = _as_tensor(name, value, input)
-        if name in loss.per_class:
-            if t.numel() != 1 and (t.dim() != 1 or t.shape[0] != n_classes):
-                raise ValueError(
-                    f"param {name!r} is per-class: give a scalar or a vector of length "
-                    f"C={n_classes}; got shape {tuple(t.shape)}"
-                )
-            t = t.reshape(()) if t.numel() == 1 else t.reshape(1, n_classes, *([1] * (x.dim() - 2)))
-        elif t.numel() != 1:
-            raise ValueError(
-                f"param {name!r} is a scalar param of a class-axis loss; got shape {tuple(t.shape)}"
-            )
-        else:
-            t = t.reshape(())
+        shape = _validate.class_param_shape(
+            name, t.shape, name in loss.per_class, n_classes, x.dim()
+        )
+        t = t.reshape(shape)
         ps.append(t)
     w = None
     if weight is not None:

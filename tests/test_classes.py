@@ -135,3 +135,12 @@ def test_define_string_with_class_functions():
     z = torch.randn(3, 5, dtype=torch.float64)
     t = torch.randint(0, 5, (3,))
     torch.testing.assert_close(loss(z, t), F.cross_entropy(z, t))
+
+
+def test_class_dim_zero_on_two_dimensional_input():
+    z = torch.randn(5, 3, dtype=torch.float64)
+    t = torch.randint(0, 3, (5,))
+    ref = F.cross_entropy(z, t)
+    ce = cl.get("cross_entropy")
+    torch.testing.assert_close(ce(z.T.contiguous(), t, class_dim=0), ref)
+    assert float(ce(z.T.numpy(), t.numpy(), class_dim=0)) == pytest.approx(ref.item())
