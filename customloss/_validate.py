@@ -131,3 +131,44 @@ def class_param_shape(
             f"param {name!r} is a scalar param of a class-axis loss; got shape {shape}"
         )
     return ()
+
+
+# -- value domains (checked on request: ``loss(..., validate=True)``) ---------------------
+DOMAINS = {
+    "probability": "in [0, 1]",
+    "binary": "in {0, 1}",
+    "sign": "in {-1, +1}",
+    "nonnegative": ">= 0",
+}
+
+
+def check_domain(what: str, values: Any, domain: str) -> None:
+    """Raise ``ValueError`` naming ``what`` if ``values`` leave ``domain``.
+
+    Works for NumPy arrays, array-likes and torch tensors (class-index targets, an
+    integer array for a class-axis loss, are not checked here).
+    """
+    import numpy as np
+
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    v = np.asarray(values)
+    if v.dtype.kind in "iu" and domain == "probability":
+        return  # class indices
+    with np.errstate(invalid="ignore"):
+        if domain == "probability":
+            bad = ~((v >= 0) & (v <= 1))
+        elif domain == "binary":
+            bad = ~((v == 0) | (v == 1))
+        elif domain == "sign":
+            bad = ~((v == -1) | (v == 1))
+        elif domain == "nonnegative":
+            bad = ~(v >= 0)
+        else:
+            raise ValueError(f"unknown domain {domain!r}; valid: {', '.join(DOMAINS)}")
+    bad &= ~np.isnan(v)  # NaN propagates; it is not a domain error
+    if bad.any():
+        first = v[bad].reshape(-1)[0]
+        raise ValueError(
+            f"{what} must be {DOMAINS[domain]}; found {float(first)!r} ({int(bad.sum())} value(s) outside)"
+        )

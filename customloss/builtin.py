@@ -168,7 +168,10 @@ def quantile(p, y, q):
     return maximum(q * (y - p), (q - 1) * (y - p))
 
 
-@loss(references=("PyTorch: torch.nn.functional.binary_cross_entropy",))
+@loss(
+    domains={"p": "probability", "y": "probability"},
+    references=("PyTorch: torch.nn.functional.binary_cross_entropy",),
+)
 def bce(p, y):
     r"""Binary cross-entropy on probabilities, each log clamped at -100 like PyTorch.
 
@@ -197,6 +200,7 @@ def bce(p, y):
 
 
 @loss(
+    domains={"y": "probability"},
     params={"pos_weight": 1.0},
     references=("PyTorch: torch.nn.functional.binary_cross_entropy_with_logits",),
 )
@@ -221,10 +225,11 @@ def bce_with_logits(x, y, pos_weight):
 
 
 @loss(
+    domains={"y": "sign"},
     references=(
         "Cortes, C., Vapnik, V. (1995). Support-Vector Networks. Machine Learning 20, "
         "the soft-margin objective (hinge on the margin y f(x))",
-    )
+    ),
 )
 def hinge(x, y):
     r"""Hinge loss for targets in {-1, +1}.
@@ -242,6 +247,7 @@ def hinge(x, y):
 
 
 @loss(
+    domains={"y": "probability"},
     params={"alpha": 0.25, "gamma": 2.0},
     references=(
         "Lin, T.-Y., Goyal, P., Girshick, R., He, K., Dollar, P. (2017). Focal Loss for "
@@ -279,6 +285,7 @@ def focal(x, y, alpha, gamma):
 
 
 @loss(
+    domains={"y": "probability"},
     params={"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05},
     references=(
         "Ridnik, T., Ben-Baruch, E., Zamir, N., Noy, A., Friedman, I., Protter, M., "
@@ -319,7 +326,10 @@ def asymmetric(x, y, gamma_pos, gamma_neg, clip):
     return -(positive + negative)
 
 
-@loss(references=("PyTorch: torch.nn.functional.poisson_nll_loss(log_input=True, full=False)",))
+@loss(
+    domains={"y": "nonnegative"},
+    references=("PyTorch: torch.nn.functional.poisson_nll_loss(log_input=True, full=False)",),
+)
 def poisson_nll(x, y):
     r"""Poisson negative log-likelihood with the log-rate as input, without ``log(y!)``.
 

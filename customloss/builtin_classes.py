@@ -41,7 +41,11 @@ def cross_entropy(z, y, class_weight, label_smoothing):
     return -cl.csum(class_weight * smoothed * cl.log_softmax(z))
 
 
-@loss(classes=True, references=("Seed documents: categorical cross-entropy",))
+@loss(
+    domains={"q": "probability", "y": "probability"},
+    classes=True,
+    references=("Seed documents: categorical cross-entropy",),
+)
 def categorical_crossentropy(q, y):
     r"""Categorical cross-entropy on *probabilities*: :math:`-\sum_c y_c \log q_c`.
 
@@ -55,7 +59,11 @@ def categorical_crossentropy(q, y):
     return -cl.csum(cl.xlogy(y, q))
 
 
-@loss(classes=True, references=("PyTorch: F.kl_div(q.log(), p, reduction='batchmean')",))
+@loss(
+    domains={"q": "probability", "p": "probability"},
+    classes=True,
+    references=("PyTorch: F.kl_div(q.log(), p, reduction='batchmean')",),
+)
 def kl_div(q, p):
     r"""Kullback-Leibler divergence :math:`\sum_c p_c \log(p_c / q_c)` (``0 log 0 = 0``).
 

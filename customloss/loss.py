@@ -117,6 +117,7 @@ class Loss:
         source_text: str | None = None,
         index_mean_weight: sympy.Expr | str | None = None,
         class_params: Sequence[str] = (),
+        domains: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ValueError(
@@ -205,6 +206,17 @@ class Loss:
                 raise ValueError(
                     f"loss {name!r} uses the class reduction {reds[0]} but was not "
                     "declared with classes=True"
+                )
+        #: input name -> value domain ("probability", "binary", "sign", "nonnegative"),
+        #: checked when the loss is called with validate=True
+        self.domains: dict[str, str] = dict(domains or {})
+        for k, d in self.domains.items():
+            if k not in inputs:
+                raise ValueError(f"loss {name!r}: domains names {k!r}, which is not an input")
+            if d not in _validate.DOMAINS:
+                raise ValueError(
+                    f"loss {name!r}: unknown domain {d!r} for {k!r}; valid: "
+                    + ", ".join(_validate.DOMAINS)
                 )
         #: call options of class-axis losses (overridable per call and by with_defaults)
         self.options: dict[str, Any] = (
@@ -486,6 +498,7 @@ class Loss:
         *,
         reduction: str = "mean",
         weight: Any = None,
+        validate: bool = False,
         **params: Any,
     ) -> Any:
         """Evaluate the loss.
@@ -497,6 +510,9 @@ class Loss:
             reduction: ``"mean"``, ``"sum"`` or ``"none"``.
             weight: multiplies the elementwise loss before reducing; must broadcast to
                 the input's shape.
+            validate: check the inputs' value domains declared by the loss (e.g.
+                hinge targets in {-1, +1}, probabilities in [0, 1]) and raise
+                ``ValueError`` naming the argument (costs a pass over the data).
             **params: per-call param values (scalars, arrays or tensors broadcasting
                 to the input's shape).
 
@@ -508,6 +524,11 @@ class Loss:
         options = {k: params.pop(k) for k in list(params) if k in self.options}
         values = self.resolve_params(params)
         options = {**self.options, **options}
+        if validate:
+            for name, arg in zip(self.inputs, (input, target), strict=True):
+                if name in self.domains:
+                    what = f"{'input' if name == self.inputs[0] else 'target'} {name!r}"
+                    _validate.check_domain(what, arg, self.domains[name])
         if _is_torch(input) or _is_torch(target):
             from customloss import torch_backend
 
@@ -617,6 +638,7 @@ class Loss:
             "per_class": self.per_class,
             "options": self.options,
             "variants": self.variants,
+            "domains": self.domains,
         }
         return (_rebuild, (state,))
 
@@ -679,6 +701,7 @@ def _rebuild(state: dict[str, Any]) -> Loss:
     )
     new.options = dict(state["options"])
     new.variants = dict(state.get("variants", {}))
+    new.domains = dict(state.get("domains", {}))
     return new
 
 
@@ -708,6 +731,7 @@ def loss(
     references: Sequence[str] = (),
     class_params: Sequence[str] = (),
     index_mean_weight: Callable[..., Any] | str | None = None,
+    domains: Mapping[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Loss]:
     """Decorator: build a :class:`Loss` from a function returning a SymPy expression.
 
@@ -779,6 +803,7 @@ def loss(
             index_mean_weight=(
                 index_mean_weight(*syms) if callable(index_mean_weight) else index_mean_weight
             ),
+            domains=domains,
         )
 
     return decorate
@@ -795,6 +820,7 @@ def define(
     references: Sequence[str] = (),
     class_params: Sequence[str] = (),
     index_mean_weight: str | None = None,
+    domains: Mapping[str, str] | None = None,
 ) -> Loss:
     """Build a :class:`Loss` from a string, safely (the text is never executed).
 
@@ -826,4 +852,5 @@ def define(
         source_text=source,
         class_params=class_params,
         index_mean_weight=index_mean_weight,
+        domains=domains,
     )

@@ -610,7 +610,11 @@ class Registry:
             name = loss.name
         else:
             loss = self._entry(name).loss
-        known = [*loss.params, *loss.options, *loss.variants]  # options: e.g. ignore_index of class losses
+        known = [
+            *loss.params,
+            *loss.options,
+            *loss.variants,
+        ]  # options: e.g. ignore_index of class losses
         unknown = [k for k in defaults if k not in known]
         if unknown:
             import difflib

@@ -35,6 +35,7 @@ CONFIG_KEYS = (
     "references",
     "customloss_version",
     "sha256",
+    "domains",
 )
 _FUNCS = {
     "exp": "exp",
@@ -142,6 +143,8 @@ def to_config(loss: Loss) -> dict[str, Any]:
         "customloss_version": __version__,
         "sha256": expression_hash(canonical),
     }
+    if loss.domains:
+        cfg["domains"] = dict(loss.domains)
     if loss.classes:
         implicit = [k for k, v in loss.params.items() if v is None or isinstance(v, tuple)]
         cfg["class_params"] = [k for k in loss.per_class if k in loss.params and k not in implicit]
@@ -185,6 +188,7 @@ def from_config(config: Mapping[str, Any]) -> Loss:
         references=tuple(config.get("references") or ()),
         class_params=tuple(config.get("class_params") or ()),
         index_mean_weight=config.get("index_mean_weight"),
+        domains=config.get("domains"),
     )
     digest = config.get("sha256")
     if digest is not None:

@@ -230,3 +230,27 @@ def test_import_is_cheap_and_defers_sympy():
     code = "import customloss as cl; print(cl.define('q', '(p - y)**2', inputs=('p', 'y')).grad())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "2*p - 2*y"
+
+
+def test_validate_checks_declared_domains_before_any_work():
+    import torch
+
+    hinge = cl.define("h_dom", "maximum(0, 1 - x*y)", inputs=("x", "y"), domains={"y": "sign"})
+    x = np.array([0.5, -2.0])
+    assert float(hinge(x, np.array([1.0, -1.0]), validate=True)) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match=r"target 'y' must be in \{-1, \+1\}; found 0.0"):
+        hinge(x, np.array([1.0, 0.0]), validate=True)
+    assert float(hinge(x, np.array([1.0, 0.0]))) == pytest.approx((0.5 + 1.0) / 2)  # opt-in
+    prob = cl.define(
+        "p_dom", "(p - y)**2", inputs=("p", "y"), domains={"p": "probability", "y": "binary"}
+    )
+    with pytest.raises(ValueError, match=r"input 'p' must be in \[0, 1\]; found 1.5"):
+        prob(torch.tensor([1.5, 0.2]), torch.tensor([1.0, 0.0]), validate=True)
+    with pytest.raises(ValueError, match=r"target 'y' must be in \{0, 1\}"):
+        prob(torch.tensor([0.5, 0.2]), torch.tensor([1.0, 0.5]), validate=True)
+    nan_ok = prob(np.array([np.nan, 0.2]), np.array([1.0, 0.0]), validate=True, reduction="none")
+    assert np.isnan(nan_ok[0])  # NaN propagates; it is not a domain error
+    with pytest.raises(ValueError, match="unknown domain 'positive'"):
+        cl.define("bad_dom", "p", inputs=("p", "y"), domains={"p": "positive"})
+    assert cl.get("hinge").domains == {"y": "sign"}
+    assert cl.get(prob.to_config()).domains == prob.domains
