@@ -173,3 +173,18 @@ def test_notebook_representations():
     md = focal._repr_markdown_()
     assert "**focal**" in md and "\\frac{\\partial \\ell}{\\partial x}" in md
     assert "| `gamma` | 2.0 |" in md
+
+
+def test_bad_files_and_configs_never_corrupt_the_registry(tmp_path):
+    before = cl.names()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "mse"\nexpr = "p +"\ninputs = ["p", "y"]\n')
+    with pytest.raises(ValueError):
+        cl.load(bad)
+    with pytest.raises(ValueError):
+        cl.get({"name": "mse", "expr": "(p - y)**2", "inputs": ["p", "y"], "sha256": "0" * 64})
+    with pytest.raises(ValueError, match="mse"):
+        cl.register(cl.define("mse", "(p - y)**4", inputs=("p", "y")))  # a clash
+    assert cl.names() == before
+    x = np.array([1.0, 3.0])
+    assert float(cl.get("mse")(x, np.zeros(2))) == pytest.approx(5.0)
