@@ -37,12 +37,11 @@ def cross_entropy(z, y, class_weight, label_smoothing):
         PyTorch ``torch.nn.functional.cross_entropy``; Szegedy et al. 2016, "Rethinking
         the Inception Architecture", sec. 7 (label smoothing).
     """
-    log_p = cl.log_softmax(z)
-    nll = -cl.csum(class_weight * y * log_p)
-    # the smoothing term in a where(): with label_smoothing = 0 (specialised to a
-    # constant by the compiled path) the extra pass over all classes is dead code
-    uniform = -cl.csum(class_weight * log_p) / cl.num_classes()
-    return (1 - label_smoothing) * nll + cl.where(label_smoothing > 0, label_smoothing * uniform, 0)
+    smoothed = (1 - label_smoothing) * y + label_smoothing / cl.num_classes()
+    # (A where(label_smoothing > 0, ...) around the smoothing term would let the compiled
+    # path drop its pass over all classes when label_smoothing = 0, 1.28x -> ~1.05x
+    # F.cross_entropy, but it puts a kink in d/d label_smoothing at 0: not done.)
+    return -cl.csum(class_weight * smoothed * cl.log_softmax(z))
 
 
 @loss(
