@@ -324,9 +324,7 @@ def show(
     grad = grad.subs(subs) if subs else grad
     width = shutil.get_terminal_size((100, 24)).columns
     if latex:
-        from customloss.plot import formula_latex
-
-        expr_text, grad_text = formula_latex(expr), formula_latex(grad)
+        expr_text, grad_text = sympy.latex(expr), sympy.latex(grad)
     else:
         expr_text = sympy.pretty(expr, use_unicode=True, num_columns=width)
         grad_text = sympy.pretty(grad, use_unicode=True, num_columns=width)

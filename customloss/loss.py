@@ -521,31 +521,21 @@ class Loss:
             elementwise tensor / array.
         """
         _validate.check_reduction(reduction)
-        options = {k: params.pop(k) for k in list(params) if k in self.options}
-        values = self.resolve_params(params)
-        options = {**self.options, **options}
+        values, options = self._call_arguments(params)
         if validate:
             for name, arg in zip(self.inputs, (input, target), strict=True):
                 if name in self.domains:
                     what = f"{'input' if name == self.inputs[0] else 'target'} {name!r}"
                     _validate.check_domain(what, arg, self.domains[name])
-        if _is_torch(input) or _is_torch(target):
-            from customloss import torch_backend
-
-            return torch_backend.evaluate(
-                self,
-                input,
-                target,
-                reduction=reduction,
-                weight=weight,
-                params=values,
-                **options,
-            )
-        from customloss import numpy_backend
-
-        return numpy_backend.evaluate(
+        backend = _backend(self, torch=_is_torch(input) or _is_torch(target))
+        return backend.evaluate(
             self, input, target, reduction=reduction, weight=weight, params=values, **options
         )
+
+    def _call_arguments(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split call keywords into resolved param values and call options."""
+        options = {k: params.pop(k) for k in list(params) if k in self.options}
+        return self.resolve_params(params), {**self.options, **options}
 
     def gradient(
         self,
@@ -568,12 +558,8 @@ class Loss:
         """
         _validate.check_reduction(reduction)
         name = self._symbol(wrt).name
-        options = {k: params.pop(k) for k in list(params) if k in self.options}
-        values = self.resolve_params(params)
-        options = {**self.options, **options}
-        from customloss import numpy_backend
-
-        return numpy_backend.gradient(
+        values, options = self._call_arguments(params)
+        return _backend(self, torch=False).gradient(
             self,
             input,
             target,
@@ -703,6 +689,15 @@ def _rebuild(state: dict[str, Any]) -> Loss:
     new.variants = dict(state.get("variants", {}))
     new.domains = dict(state.get("domains", {}))
     return new
+
+
+def _backend(loss: Loss, *, torch: bool) -> Any:
+    """The module that evaluates ``loss``: elementwise or class-axis, NumPy or Torch."""
+    import importlib
+
+    kind = "torch" if torch else "numpy"
+    suffix = "classes" if loss.classes else "backend"
+    return importlib.import_module(f"customloss.{kind}_{suffix}")
 
 
 def _runtime(backend: str) -> Any:

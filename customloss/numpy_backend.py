@@ -148,31 +148,36 @@ def _as_float(x: Any, what: str) -> np.ndarray:
     return arr
 
 
+def _numeric(what: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """A param, weight or target as an array of the compute ``dtype``."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{what} must be numeric, got dtype {arr.dtype}")
+    return arr.astype(dtype, copy=False)
+
+
+def _compute_dtype(p: np.ndarray) -> np.dtype:
+    """float16 is computed in float32 (the precision policy); others in their own."""
+    return np.dtype(np.float32) if p.dtype.itemsize < 4 else p.dtype
+
+
 def _prepare(
     loss: Loss, input: Any, target: Any, weight: Any, params: dict[str, Any]
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None, np.dtype]:
     p = _as_float(input, "input")
-    y = np.asarray(target)
-    if y.dtype.kind not in "fiub":
-        raise TypeError(f"target must be a numeric array, got dtype {y.dtype}")
+    cdt = _compute_dtype(p)
+    y = _numeric("target", target, cdt)
     _validate.check_same_shape(p.shape, y.shape)
-    out_dtype = p.dtype
-    cdt = np.dtype(np.float32) if p.dtype.itemsize < 4 else p.dtype
-    args = [p.astype(cdt, copy=False), y.astype(cdt, copy=False)]
+    args = [p.astype(cdt, copy=False), y]
     for name, value in params.items():
-        v = np.asarray(value)
-        if v.dtype.kind not in "fiub":
-            raise TypeError(f"param {name!r} must be numeric, got dtype {v.dtype}")
+        v = _numeric(f"param {name!r}", value, cdt)
         _validate.check_broadcasts_to(f"param {name!r}", v.shape, p.shape)
-        args.append(v.astype(cdt, copy=False))
+        args.append(v)
     w = None
     if weight is not None:
-        w = np.asarray(weight)
-        if w.dtype.kind not in "fiub":
-            raise TypeError(f"weight must be numeric, got dtype {w.dtype}")
+        w = _numeric("weight", weight, cdt)
         _validate.check_broadcasts_to("weight", w.shape, p.shape)
-        w = w.astype(cdt, copy=False)
-    return p, args, w, out_dtype
+    return p, args, w, p.dtype
 
 
 def _reduce(values: np.ndarray, reduction: str, dtype: np.dtype) -> Any:
@@ -190,25 +195,8 @@ def evaluate(
     reduction: str,
     weight: Any,
     params: dict[str, Any],
-    **class_options: Any,
 ) -> Any:
-    """Evaluate ``loss`` on NumPy arrays (see ``Loss.__call__``)."""
-    if loss.classes:
-        from customloss import numpy_classes
-
-        return numpy_classes.evaluate(
-            loss,
-            input,
-            target,
-            reduction=reduction,
-            weight=weight,
-            params=params,
-            **class_options,
-        )
-    if class_options:
-        raise TypeError(
-            f"{', '.join(class_options)} only apply to class-axis losses (classes=True)"
-        )
+    """Evaluate an elementwise ``loss`` on NumPy arrays (see ``Loss.__call__``)."""
     p, args, w, out_dtype = _prepare(loss, input, target, weight, params)
     kernel = loss._kernel("numpy", ())
     with np.errstate(all="ignore"):
@@ -227,22 +215,8 @@ def gradient(
     reduction: str,
     weight: Any,
     params: dict[str, Any],
-    **class_options: Any,
 ) -> np.ndarray:
-    """Gradient of the reduced loss with respect to ``wrt`` (see ``Loss.gradient``)."""
-    if loss.classes:
-        from customloss import numpy_classes
-
-        return numpy_classes.gradient(
-            loss,
-            input,
-            target,
-            wrt=wrt,
-            reduction=reduction,
-            weight=weight,
-            params=params,
-            **class_options,
-        )
+    """Gradient of the reduced elementwise loss w.r.t. ``wrt`` (see ``Loss.gradient``)."""
     p, args, w, out_dtype = _prepare(loss, input, target, weight, params)
     kernel = loss._kernel("numpy", (wrt,))
     with np.errstate(all="ignore"):

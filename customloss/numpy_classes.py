@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from customloss import _validate
-from customloss.numpy_backend import _as_float, _sum_to
+from customloss.numpy_backend import _as_float, _compute_dtype, _numeric, _sum_to
 
 if TYPE_CHECKING:
     from customloss.loss import Loss
@@ -31,7 +31,7 @@ def _prepare(
     p = _as_float(input, "input")
     nd = p.ndim
     cd, sample_shape, keep = _validate.class_axis(loss.name, p.shape, class_dim)
-    cdt = np.dtype(np.float32) if p.dtype.itemsize < 4 else p.dtype
+    cdt = _compute_dtype(p)
     x = (p[None] if nd == 1 else np.moveaxis(p, cd, 1)).astype(cdt, copy=False)
     n_classes = x.shape[1]
     t = np.asarray(target)
@@ -53,21 +53,16 @@ def _prepare(
         raise TypeError(f"target must be a numeric array, got dtype {t.dtype}")
     ps = []
     for name, value in params.items():
-        v = np.asarray(value)
-        if v.dtype.kind not in "fiub":
-            raise TypeError(f"param {name!r} must be numeric, got dtype {v.dtype}")
-        v = v.astype(cdt, copy=False)
+        v = _numeric(f"param {name!r}", value, cdt)
         v = v.reshape(
             _validate.class_param_shape(name, v.shape, name in loss.per_class, n_classes, x.ndim)
         )
         ps.append(v)
     w = None
     if weight is not None:
-        w = np.asarray(weight)
-        if w.dtype.kind not in "fiub":
-            raise TypeError(f"weight must be numeric, got dtype {w.dtype}")
+        w = _numeric("weight", weight, cdt)
         _validate.check_broadcasts_to("weight", w.shape, sample_shape)
-        w = np.broadcast_to(w.astype(cdt), sample_shape).reshape(keep)
+        w = np.broadcast_to(w, sample_shape).reshape(keep)
     return {
         "x": x,
         "target": tgt,
@@ -165,7 +160,9 @@ def gradient(
         at = outs.pop(0) * scale if mode == "index" and loss._index_gathers() else None
         if wrt in loss.inputs:
             if at is not None:
-                _scatter_add(dense, tgt, at)
+                # one target class per sample: add at it, no one-hot
+                at_target = np.take_along_axis(dense, tgt, axis=1) + at
+                np.put_along_axis(dense, tgt, at_target, axis=1)
             out = dense[0] if prep["nd"] == 1 else np.moveaxis(dense, 1, prep["cd"])
             return out.astype(prep["dtype"])
         red = _sum_to(dense, np.shape(arg)) if np.ndim(arg) else np.asarray(dense.sum())
@@ -174,9 +171,3 @@ def gradient(
             np.add.at(extra, tgt.reshape(-1), at.reshape(-1))
             red = red + (extra.reshape(np.shape(arg)) if np.ndim(arg) else extra.sum())
         return np.asarray(red).reshape(np.shape(params[wrt])).astype(prep["dtype"])
-
-
-def _scatter_add(dense: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
-    """``dense[n, index[n, 0, ...], ...] += values[n, 0, ...]`` in place."""
-    one_hot = np.arange(dense.shape[1]).reshape(1, -1, *([1] * (dense.ndim - 2))) == index
-    dense += one_hot * values

@@ -54,7 +54,6 @@ __all__ = [
     "PRESETS",
     "Curve",
     "curves",
-    "formula_latex",
     "input_kind",
     "plot_loss",
 ]
@@ -137,30 +136,6 @@ def input_kind(loss: Loss) -> str:
         if log.args[0] in (p, 1 - p):
             return "probability"
     return "value"
-
-
-def formula_latex(expr: sympy.Expr) -> str:
-    """``sympy.latex(expr)``, also for powers of class reductions (``csum(u)**2``).
-
-    The class reductions' own LaTeX printers do not take the exponent SymPy hands to a
-    function raised to a power (``TypeError: ... unexpected keyword argument 'exp'``); a
-    power of one is then printed here as ``\\left(...\\right)^{...}``.
-    """
-    try:
-        return sympy.latex(expr)
-    except TypeError:
-        pass
-    from sympy.printing.latex import LatexPrinter
-
-    class _Printer(LatexPrinter):
-        def _print_Pow(self, power: sympy.Pow) -> str:
-            base = power.base
-            if isinstance(base, sympy.Function) and hasattr(type(base), "_latex"):
-                exp = self._print(power.exp)
-                return rf"\left({self._print(base)}\right)^{{{exp}}}"
-            return super()._print_Pow(power)
-
-    return _Printer().doprint(expr)
 
 
 def _resolve(loss: Loss | str) -> Loss:

@@ -291,52 +291,63 @@ def _check_tensor(x: Any, what: str) -> torch.Tensor:
     return x
 
 
-def _prepare(
-    loss: Loss, input: Any, target: Any, weight: Any, params: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+def _float_input(input: Any) -> torch.Tensor:
+    """The prediction: a real floating-point tensor."""
     input = _check_tensor(input, "input")
     if not input.is_floating_point():
         raise TypeError(
             f"input must be a floating-point tensor, got dtype {input.dtype}"
             " (convert it with .float())"
         )
+    return input
+
+
+def _target_tensor(target: Any, input: torch.Tensor) -> torch.Tensor:
+    """The target as a real tensor on the input's device (not converted further)."""
     if not isinstance(target, torch.Tensor):
         target = torch.as_tensor(target, device=input.device)
-    if target.is_complex() or input.is_complex():
+    if target.is_complex():
         raise TypeError("complex tensors are not supported")
     if target.device != input.device:
         raise ValueError(f"target is on device {target.device} but input is on {input.device}")
+    return target
+
+
+def _as_tensor(what: str, value: Any, like: torch.Tensor) -> torch.Tensor:
+    """A param or weight as a real tensor on ``like``'s device.
+
+    Tensors keep their floating dtype (a learnable param stays what it is); Python and
+    NumPy values become the *compute* dtype, so a half-precision input does not round
+    its params (beta = 0.999 is 1.0 in bfloat16).
+    """
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(f"{what} must be real")
+        t = value if value.is_floating_point() else value.to(like.dtype)
+        return t.to(like.device)
+    dtype = torch.float32 if like.dtype in _HALF else like.dtype
+    try:
+        return torch.as_tensor(value, dtype=dtype, device=like.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{what} must be numeric: {exc}") from None
+
+
+def _prepare(
+    loss: Loss, input: Any, target: Any, weight: Any, params: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    input = _float_input(input)
+    target = _target_tensor(target, input)
     _validate.check_same_shape(input.shape, target.shape)
     if not target.is_floating_point():
         target = target.to(input.dtype)
     ps = []
     for name, value in params.items():
-        if isinstance(value, torch.Tensor):
-            if value.is_complex():
-                raise TypeError(f"param {name!r} must be real")
-            t = value if value.is_floating_point() else value.to(input.dtype)
-            t = t.to(input.device)
-        else:
-            try:
-                # the compute dtype: half inputs must not round their params
-                dtype = torch.float32 if input.dtype in _HALF else input.dtype
-                t = torch.as_tensor(value, dtype=dtype, device=input.device)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise TypeError(f"param {name!r} must be numeric: {exc}") from None
+        t = _as_tensor(f"param {name!r}", value, input)
         _validate.check_broadcasts_to(f"param {name!r}", t.shape, input.shape)
         ps.append(t)
     w = None
     if weight is not None:
-        w = (
-            weight
-            if isinstance(weight, torch.Tensor)
-            else torch.as_tensor(weight, dtype=input.dtype)
-        )
-        w = (
-            w.to(input.device)
-            if w.is_floating_point()
-            else w.to(device=input.device, dtype=input.dtype)
-        )
+        w = _as_tensor("weight", weight, input)
         _validate.check_broadcasts_to("weight", w.shape, input.shape)
     return input, target, w, ps
 
@@ -349,19 +360,8 @@ def evaluate(
     reduction: str,
     weight: Any,
     params: dict[str, Any],
-    **class_options: Any,
 ) -> torch.Tensor:
-    """Evaluate ``loss`` on tensors (see ``Loss.__call__``)."""
-    if loss.classes:
-        from customloss import torch_classes
-
-        return torch_classes.evaluate(
-            loss, input, target, reduction=reduction, weight=weight, params=params, **class_options
-        )
-    if class_options:
-        raise TypeError(
-            f"{', '.join(class_options)} only apply to class-axis losses (classes=True)"
-        )
+    """Evaluate an elementwise ``loss`` on tensors (see ``Loss.__call__``)."""
     input, target, w, ps = _prepare(loss, input, target, weight, params)
     return LossFunction.apply(loss, reduction, w, input, target, *ps)
 

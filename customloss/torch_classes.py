@@ -19,27 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from customloss import _validate, fast
-from customloss.torch_backend import _HALF, _check_tensor, _sum_to
+from customloss.torch_backend import _HALF, _as_tensor, _float_input, _sum_to, _target_tensor
 
 if TYPE_CHECKING:
     from customloss.loss import Loss
 
 __all__ = ["ClassLossFunction", "evaluate"]
-
-
-def _as_tensor(name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        if value.is_complex():
-            raise TypeError(f"param {name!r} must be real")
-        t = value if value.is_floating_point() else value.to(like.dtype)
-        return t.to(like.device)
-    # Python/NumPy values become the *compute* dtype: a half-precision input must not
-    # round its params (beta = 0.999 is 1.0 in bfloat16)
-    dtype = torch.float32 if like.dtype in _HALF else like.dtype
-    try:
-        return torch.as_tensor(value, dtype=dtype, device=like.device)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"param {name!r} must be numeric: {exc}") from None
 
 
 def _prepare(
@@ -51,20 +36,12 @@ def _prepare(
     class_dim: int | None,
     ignore_index: int,
 ) -> dict[str, Any]:
-    input = _check_tensor(input, "input")
-    if not input.is_floating_point():
-        raise TypeError(
-            f"input must be a floating-point tensor, got dtype {input.dtype}"
-            " (convert it with .float())"
-        )
+    input = _float_input(input)
     nd = input.dim()
     cd, sample_shape, keep_shape = _validate.class_axis(loss.name, input.shape, class_dim)
     x = input.unsqueeze(0) if nd == 1 else (input.movedim(cd, 1) if cd != 1 else input)
     n_classes = x.shape[1]
-    if not isinstance(target, torch.Tensor):
-        target = torch.as_tensor(target, device=input.device)
-    if target.device != input.device:
-        raise ValueError(f"target is on device {target.device} but input is on {input.device}")
+    target = _target_tensor(target, input)
     valid = None
     if not target.is_floating_point() and target.dtype != torch.bool:
         _validate.check_index_target(input.shape, cd, sample_shape, target.shape)
@@ -82,7 +59,7 @@ def _prepare(
         mode = "prob"
     ps = []
     for name, value in params.items():
-        t = _as_tensor(name, value, input)
+        t = _as_tensor(f"param {name!r}", value, input)
         shape = _validate.class_param_shape(
             name, t.shape, name in loss.per_class, n_classes, x.dim()
         )

@@ -133,7 +133,7 @@ def _plot_png(loss: Any) -> tuple[bytes | None, str]:
 
 def _entry(name: str) -> tuple[str, dict[str, bytes]]:
     import customloss as cl
-    from customloss.plot import formula_latex, input_kind
+    from customloss.plot import input_kind
 
     loss = cl.get(name)
     info = cl.info(name)
@@ -159,13 +159,13 @@ def _entry(name: str) -> tuple[str, dict[str, bytes]]:
         "Loss:",
         "",
         "$$",
-        formula_latex(loss.expr),
+        loss.latex(),
         "$$",
         "",
         f"Gradient $\\partial \\ell / \\partial {loss.inputs[0]}$:",
         "",
         "$$",
-        formula_latex(loss.grad()),
+        loss.grad_latex(),
         "$$",
         "",
     ]
