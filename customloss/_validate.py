@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -39,14 +39,33 @@ def check_broadcasts_to(what: str, shape: Sequence[int], target: Sequence[int]) 
         )
 
 
+def check_param_names(
+    loss_name: str,
+    given: Iterable[str],
+    known: Sequence[str],
+    *,
+    phrase: str = "got an unknown param",
+    caller: str = "",
+) -> None:
+    """Refuse a name that is not a param (or option) of the loss: ``TypeError`` naming it,
+    suggesting a close match, listing the valid ones."""
+    for k in given:
+        if k not in known:
+            import difflib
+
+            hint = difflib.get_close_matches(k, list(known), n=1)
+            maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
+            valid = ", ".join(known) or "none"
+            raise TypeError(
+                f"{caller}loss {loss_name!r} {phrase} {k!r}{maybe}; valid params: {valid}"
+            )
+
+
 def resolve_params(
     loss_name: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Merge call-time overrides into the defaults, refusing unknown and missing params."""
-    for k in overrides:
-        if k not in defaults:
-            valid = ", ".join(defaults) or "none"
-            raise TypeError(f"loss {loss_name!r} got an unknown param {k!r}; valid params: {valid}")
+    check_param_names(loss_name, overrides, list(defaults))
     # an explicit None means "the default" (as torch's weight=None); required stays required
     values = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
     missing = [k for k, v in values.items() if v is None]

@@ -58,6 +58,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sympy
 
+from customloss import _validate
+
 if TYPE_CHECKING:
     from customloss.loss import Loss
 
@@ -515,12 +517,9 @@ def _round(values: np.ndarray, dtype: str) -> np.ndarray:
 def _param_sets(loss: Loss, values: Mapping[str, Iterable[float]] | None) -> list[dict[str, float]]:
     """The defaults, then each param set to each of its values in turn."""
     values = dict(values or {})
-    unknown = [k for k in values if k not in loss.params]
-    if unknown:
-        valid = ", ".join(loss.params) or "none"
-        raise TypeError(
-            f"check(): loss {loss.name!r} has no param {unknown[0]!r}; valid params: {valid}"
-        )
+    _validate.check_param_names(
+        loss.name, values, list(loss.params), phrase="has no param", caller="check(): "
+    )
     base: dict[str, float] = {}
     candidates: dict[str, list[float]] = {}
     for name, default in loss.params.items():

@@ -588,12 +588,9 @@ class Loss:
         for k in [k for k in params if k in self.variants]:
             return self.variants[k](params.pop(k)).with_defaults(**params)
         options = {k: params.pop(k) for k in list(params) if k in self.options}
-        for k in params:
-            if k not in self.params:
-                valid = ", ".join([*self.params, *self.options, *self.variants]) or "none"
-                raise TypeError(
-                    f"loss {self.name!r} got an unknown param {k!r}; valid params: {valid}"
-                )
+        _validate.check_param_names(
+            self.name, params, [*self.params, *self.options, *self.variants]
+        )
         new = object.__new__(Loss)
         new.__dict__.update(self.__dict__)
         new.params = {**self.params, **{k: _normalise_default(k, v) for k, v in params.items()}}

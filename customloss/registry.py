@@ -37,7 +37,7 @@ from typing import Any
 
 import pluggy
 
-from customloss import hookspecs
+from customloss import _validate, hookspecs
 from customloss.loss import Loss, ParamDefault
 
 __all__ = [
@@ -615,16 +615,7 @@ class Registry:
             *loss.options,
             *loss.variants,
         ]  # options: e.g. ignore_index of class losses
-        unknown = [k for k in defaults if k not in known]
-        if unknown:
-            import difflib
-
-            valid = ", ".join(known) or "none"
-            hint = difflib.get_close_matches(unknown[0], known, n=1)
-            maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise TypeError(
-                f"loss {name!r} has no param {unknown[0]!r}{maybe}; valid params: {valid}"
-            )
+        _validate.check_param_names(name, defaults, known, phrase="has no param")
         return loss.with_defaults(**defaults)
 
     def register(self, loss: Loss, *, replace: bool = False) -> Loss:

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from customloss import _validate
 from customloss.check import _adaptive, check, mp_function, true_derivative
 
 if TYPE_CHECKING:
@@ -231,12 +232,9 @@ class _Context:
 # ---------------------------------------------------------------------------
 def _resolved_params(loss: Loss, params: Mapping[str, Any] | None) -> dict[str, Any]:
     params = dict(params or {})
-    unknown = [k for k in params if k not in loss.params]
-    if unknown:
-        valid = ", ".join(loss.params) or "none"
-        raise TypeError(
-            f"check_loss(): loss {loss.name!r} has no param {unknown[0]!r}; valid params: {valid}"
-        )
+    _validate.check_param_names(
+        loss.name, params, list(loss.params), phrase="has no param", caller="check_loss(): "
+    )
     out: dict[str, Any] = {}
     for k, default in loss.params.items():
         v = params.get(k, default)

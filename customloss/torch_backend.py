@@ -376,12 +376,7 @@ class LossModule(torch.nn.Module):
     def __init__(self, loss: Loss, *, reduction: str = "mean", **params: Any) -> None:
         super().__init__()
         _validate.check_reduction(reduction)
-        for k in params:
-            if k not in loss.params:
-                valid = ", ".join(loss.params) or "none"
-                raise TypeError(
-                    f"loss {loss.name!r} got an unknown param {k!r}; valid params: {valid}"
-                )
+        _validate.check_param_names(loss.name, params, list(loss.params))
         self.loss = loss
         self.reduction = reduction
         self._required: list[str] = []
