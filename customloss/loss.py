@@ -378,23 +378,46 @@ class Loss:
 
         return _cached(("gathers", self._key), build)
 
-    def _class_stable(self, mode: str, what: str = "value") -> sympy.Expr:
+    def _zeroed(self, expr: sympy.Expr, zeros: frozenset[str]) -> sympy.Expr | None:
+        """``expr`` with the params in ``zeros`` set to 0, or None where that is singular.
+
+        Params passed as the plain number 0 carry no gradient, so the kernels may drop
+        every term they multiply (cross_entropy without label smoothing then skips the
+        smoothing term's pass over the classes).  Where substituting 0 leaves
+        ``nan``/``zoo``/``oo`` (a ``1/alpha`` outside its ``where``) the caller uses the
+        general kernel, whose runtime branches handle it.
+        """
+        if not zeros:
+            return expr
+        out = expr.subs({self._symbols[n]: sympy.S.Zero for n in sorted(zeros)})
+        if out.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo):
+            return None
+        return out
+
+    def _class_stable(
+        self, mode: str, what: str = "value", zeros: frozenset[str] = frozenset()
+    ) -> sympy.Expr:
         def build() -> sympy.Expr:
             expr = self.expr if what == "value" else self.index_mean_weight
+            expr = self._zeroed(expr, zeros)
+            if expr is None:  # _class_kernel checks first
+                raise RuntimeError(f"{self.name}: cannot specialise to zero {sorted(zeros)}")
             if mode == "index" and self._index_gathers():
                 y = self._symbols[self.inputs[1]]
                 per_class = [self._symbols[n] for n in self.per_class]
                 expr = calculus.gather_targets(expr, y, per_class, self._gathered())
             return calculus.stabilize(expr)
 
-        return _cached(("cstable", self._key, mode, what), build)
+        return _cached(("cstable", self._key, mode, what, zeros), build)
 
-    def _class_derivatives(self, mode: str, wrt: str) -> list[tuple[str, sympy.Expr, str]]:
+    def _class_derivatives(
+        self, mode: str, wrt: str, zeros: frozenset[str] = frozenset()
+    ) -> list[tuple[str, sympy.Expr, str]]:
         """``(label, expression, shape)`` outputs for the derivative w.r.t. ``wrt``."""
 
         def build() -> list[tuple[str, sympy.Expr, str]]:
             per_class = [self._symbols[n] for n in self.per_class]
-            E = self._class_stable(mode)
+            E = self._class_stable(mode, zeros=zeros)
             v = self._symbols[wrt]
 
             def tidy(e: sympy.Expr) -> sympy.Expr:
@@ -408,13 +431,29 @@ class Loss:
                 outs.append((f"d_{wrt}@target", tidy(sympy.diff(E, at)), "sample"))
             return outs
 
-        return _cached(("cderiv", self._key, mode, wrt), build)
+        return _cached(("cderiv", self._key, mode, wrt, zeros), build)
 
     def _class_kernel(
-        self, backend: str, mode: str, wrt: tuple[str, ...], value: bool
+        self,
+        backend: str,
+        mode: str,
+        wrt: tuple[str, ...],
+        value: bool,
+        zeros: frozenset[str] = frozenset(),
     ) -> codegen.Kernel:
-        """Kernel for a class-axis loss; ``mode`` is ``"prob"`` or ``"index"``."""
-        key = ("ckernel", self._key, backend, mode, value, wrt)
+        """Kernel for a class-axis loss; ``mode`` is ``"prob"`` or ``"index"``.
+
+        ``zeros``: params the caller passes as the number 0 (never one in ``wrt``); the
+        kernel is specialised to them (see :meth:`_zeroed`) and keeps its signature.
+        """
+        zeros = frozenset(zeros) - set(wrt)
+        key = ("ckernel", self._key, backend, mode, value, wrt, zeros)
+        if zeros and any(
+            self._zeroed(e, zeros) is None
+            for e in (self.expr, self.index_mean_weight)
+            if e is not None
+        ):
+            return self._class_kernel(backend, mode, wrt, value)
 
         def build() -> codegen.Kernel:
             global kernel_builds
@@ -423,13 +462,13 @@ class Loss:
             outs: list[tuple[str, sympy.Expr]] = []
             shapes: list[str | None] = []
             if value:
-                outs.append(("value", self._class_stable(mode)))
+                outs.append(("value", self._class_stable(mode, zeros=zeros)))
                 shapes.append("sample")
                 if mode == "index" and self.index_mean_weight is not None:
-                    outs.append(("norm", self._class_stable(mode, "norm")))
+                    outs.append(("norm", self._class_stable(mode, "norm", zeros)))
                     shapes.append("sample")
             for n in wrt:
-                for label, e, shape in self._class_derivatives(mode, n):
+                for label, e, shape in self._class_derivatives(mode, n, zeros):
                     outs.append((label, e))
                     shapes.append(shape)
             prelude = []

@@ -57,6 +57,12 @@ def _prepare(
         t = target if target.is_floating_point() else target.to(input.dtype)
         tgt = t.unsqueeze(0) if nd == 1 else (t.movedim(cd, 1) if cd != 1 else t)
         mode = "prob"
+    # params given as the plain number 0 carry no gradient: the kernels specialise to them
+    zeros = frozenset(
+        n
+        for n, v in params.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+    )
     ps = []
     for name, value in params.items():
         t = _as_tensor(f"param {name!r}", value, input)
@@ -74,6 +80,7 @@ def _prepare(
         "x": x,
         "target": tgt,
         "mode": mode,
+        "zeros": zeros,
         "valid": valid,
         "weight": w,
         "params": ps,
@@ -84,7 +91,8 @@ def _prepare(
 class ClassLossFunction(torch.autograd.Function):
     """Fused forward/backward of a class-axis loss.
 
-    ``apply(loss, mode, reduction, sample_shape, weight, valid, x, target, *params)``.
+    ``apply(loss, mode, reduction, sample_shape, zeros, weight, valid, x, target, *params)``;
+    ``zeros`` names the params passed as the number 0 (see ``Loss._zeroed``).
     """
 
     @staticmethod
@@ -94,6 +102,7 @@ class ClassLossFunction(torch.autograd.Function):
         mode: str,
         reduction: str,
         sample_shape: tuple,
+        zeros: frozenset[str],
         weight: torch.Tensor | None,
         valid: torch.Tensor | None,
         x: torch.Tensor,
@@ -107,10 +116,10 @@ class ClassLossFunction(torch.autograd.Function):
             *(p.to(cdt) for p in params),
         ]
         needs = ctx.needs_input_grad
-        only_input = needs[6] and not any(needs[7:]) and not needs[4]
+        only_input = needs[7] and not any(needs[8:]) and not needs[5]
         has_norm = mode == "index" and loss.index_mean_weight is not None
         wrt = (loss.inputs[0],) if only_input else ()
-        kernel = loss._class_kernel("torch", mode, wrt, True)
+        kernel = loss._class_kernel("torch", mode, wrt, True, zeros)
         outs = fast.kernel_callable(kernel, tuple(args))(*args)
         values = outs[0]
         norm = outs[1] if has_norm else None
@@ -134,7 +143,7 @@ class ClassLossFunction(torch.autograd.Function):
         else:
             out = values.reshape(sample_shape)
         ctx.loss, ctx.mode, ctx.reduction, ctx.cdt, ctx.den = loss, mode, reduction, cdt, den
-        ctx.has_weight = weight is not None
+        ctx.has_weight, ctx.zeros = weight is not None, zeros
         ctx.save_for_backward(weight, valid, x, target, *params)
         return out.to(x.dtype)
 
@@ -145,8 +154,8 @@ class ClassLossFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         names = [*loss.inputs, *loss.params]
         tensors = (x, target, *params)
-        wrt = tuple(n for n, need in zip(names, needs[6:], strict=False) if need)
-        want_w = ctx.has_weight and needs[4]
+        wrt = tuple(n for n, need in zip(names, needs[7:], strict=False) if need)
+        want_w = ctx.has_weight and needs[5]
         keep = (x.shape[0], 1, *x.shape[2:])
         g = gout.to(cdt)
         g = (
@@ -159,8 +168,12 @@ class ClassLossFunction(torch.autograd.Function):
         scale = g if weight is None else g * weight.to(cdt)
         if valid is not None:
             scale = scale * valid.to(cdt)
+        in_place = False
         if ctx.fused is not None and not torch.is_grad_enabled():
             outs = list(ctx.fused)
+            # used once: the saved buffers become the gradient (scaled in place); a
+            # second backward (retain_graph=True) recomputes from the saved inputs
+            ctx.fused, in_place = None, True
             value = None
         else:
             args = [
@@ -168,19 +181,19 @@ class ClassLossFunction(torch.autograd.Function):
                 target if mode == "index" else target.to(cdt),
                 *(p.to(cdt) for p in params),
             ]
-            kernel = loss._class_kernel("torch", mode, wrt, want_w)
+            kernel = loss._class_kernel("torch", mode, wrt, want_w, ctx.zeros)
             outs = list(kernel.fn(*args))
             value = None
             if want_w:
                 value = outs.pop(0)
                 if mode == "index" and loss.index_mean_weight is not None:
                     outs.pop(0)
-        result: list[torch.Tensor | None] = [None] * 6
+        result: list[torch.Tensor | None] = [None] * 7
         if want_w:
             v = value * g
             if valid is not None:
                 v = torch.where(valid, v, torch.zeros_like(v))
-            result[4] = v.to(weight.dtype)
+            result[5] = v.to(weight.dtype)
         for n, t in zip(names, tensors, strict=False):
             if n not in wrt:
                 result.append(None)
@@ -189,11 +202,12 @@ class ClassLossFunction(torch.autograd.Function):
             if n not in loss.per_class:
                 result.append((d * scale).sum().reshape(t.shape).to(t.dtype))
                 continue
-            dense = d * scale
+            own = in_place and d.shape == t.shape and d.is_contiguous() and d.dtype == cdt
+            dense = d.mul_(scale) if own else d * scale
             at = outs.pop(0) * scale if mode == "index" and loss._index_gathers() else None
             if n in loss.inputs:  # the prediction (or a probability target)
-                if at is not None:
-                    dense = dense.scatter_add(1, target, at.to(dense.dtype))
+                if at is not None:  # dense is this backward's own buffer: add in place
+                    dense = dense.scatter_add_(1, target, at.to(dense.dtype))
                 result.append(dense.to(t.dtype))
             else:  # a per-class param: (1, C, 1, ...) or a 0-d scalar
                 red = _sum_to(dense, t.shape) if t.dim() else dense.sum()
@@ -233,6 +247,7 @@ def evaluate(
         prep["mode"],
         reduction,
         prep["sample_shape"],
+        prep["zeros"],
         prep["weight"],
         prep["valid"],
         prep["x"],

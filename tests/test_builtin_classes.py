@@ -238,3 +238,81 @@ def test_errors_name_the_problem():
         cross_entropy(z, torch.rand(4, 2))
     with pytest.raises(TypeError, match="floating-point"):
         cross_entropy(torch.ones(4, 3, dtype=torch.long), torch.tensor([0, 1, 2, 0]))
+
+
+# ---------------------------------------------------------------------------
+# label_smoothing passed as the number 0: the kernels drop the smoothing term
+# ---------------------------------------------------------------------------
+def _eager_smoothed_ce(z, t, w, ls):
+    # hand-written reference: -sum_c w_c log softmax(z)_c (ls/C + (1-ls) [c == t]), summed
+    logp = torch.log_softmax(z, dim=1)
+    c = z.shape[1]
+    q = ls / c + (1 - ls) * F.one_hot(t, c).to(z.dtype)
+    return -(w * logp * q).sum()
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_label_smoothing_gradient_at_zero(weighted):
+    # a learnable label_smoothing at exactly 0 keeps its true gradient
+    # (sum over samples of w_t log p_t - mean_c w_c log p_c), while the number 0 selects
+    # the kernel without the smoothing term; both agree with torch autograd on the formula
+    z = _logits((9, 4))
+    t = _index_target((9, 4))
+    w = (
+        torch.linspace(0.5, 2.0, 4, dtype=torch.float64)
+        if weighted
+        else torch.ones(4, dtype=torch.float64)
+    )
+    ls = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    ours = cross_entropy(z, t, class_weight=w, label_smoothing=ls, reduction="sum")
+    ref_ls = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    ref = _eager_smoothed_ce(z, t, w, ref_ls)
+    torch.testing.assert_close(ours, ref)
+    g_ours = torch.autograd.grad(ours, (z, ls))
+    g_ref = torch.autograd.grad(ref, (z, ref_ls))
+    torch.testing.assert_close(g_ours, g_ref)
+    assert abs(float(g_ref[1])) > 1e-3  # the check can fail: the gradient is not 0
+    plain = cross_entropy(z, t, class_weight=w, label_smoothing=0.0, reduction="sum")
+    torch.testing.assert_close(plain, ref)
+    torch.testing.assert_close(torch.autograd.grad(plain, z)[0], g_ref[0])
+
+
+def test_zero_label_smoothing_kernel_skips_the_class_sum():
+    kernel = cross_entropy._class_kernel(
+        "torch", "index", ("z",), True, frozenset({"label_smoothing"})
+    )
+    general = cross_entropy._class_kernel("torch", "index", ("z",), True)
+    assert "csum" not in kernel.source and "label_smoothing" not in kernel.source.split(":", 1)[1]
+    assert "csum" in general.source
+
+
+def test_zero_specialisation_falls_back_where_singular():
+    # SymPy gives exp(-1/0**2) = nan, the runtime gives exp(-inf) = 0: the general
+    # kernel serves a = 0
+    loss = cl.define(
+        "inv_ce",
+        "-csum(y*log_softmax(z))*(1 + exp(-1/a**2))",
+        inputs=("z", "y"),
+        params={"a": 1.0},
+        classes=True,
+    )
+    assert loss._zeroed(loss.expr, frozenset({"a"})) is None
+    z = _logits((5, 3))
+    t = _index_target((5, 3))
+    ours = loss(z, t, a=0, reduction="sum")
+    ref = F.cross_entropy(z, t, reduction="sum")
+    _assert_same(ours, ref, z)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_second_backward_with_retain_graph(reduction):
+    # the first backward scales the fused gradient in place; a second one must recompute
+    z = _logits((6, 5))
+    t = _index_target((6, 5), ignore=-100)
+    ours = cross_entropy(z, t, reduction=reduction, label_smoothing=0.0).sum()
+    ref = F.cross_entropy(z, t, reduction=reduction).sum()
+    (g_ref,) = torch.autograd.grad(ref, z)
+    (g1,) = torch.autograd.grad(ours, z, retain_graph=True)
+    (g2,) = torch.autograd.grad(ours, z)
+    torch.testing.assert_close(g1, g_ref)
+    torch.testing.assert_close(g2, g_ref)
