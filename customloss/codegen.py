@@ -290,7 +290,6 @@ def generate_kernel(
     Returns:
         The :class:`Kernel`.
     """
-    global _counter
     reserved = {"R", "math"}
     names = {
         s: s.name
@@ -329,13 +328,26 @@ def generate_kernel(
         rets.append(code)
     lines.append(f"    return ({', '.join(rets)},)")
     source = "\n".join(lines) + "\n"
+    return kernel_from_source(name, source, ident, [lbl for lbl, _ in outputs], runtime)
+
+
+def kernel_from_source(
+    name: str, source: str, ident: str, outputs: Sequence[str], runtime: Any
+) -> Kernel:
+    """Compile generated ``source`` (defining function ``ident``) into a :class:`Kernel`.
+
+    Used for freshly generated kernels and for ones read back from the disk cache
+    (:mod:`customloss.diskcache`); the source is registered with :mod:`linecache` so
+    tracebacks show the generated line.
+    """
+    global _counter
     with _counter_lock:
         _counter += 1
         filename = f"<customloss-kernel-{_counter} {name}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict[str, Any] = {"R": runtime, "math": math}
     exec(compile(source, filename, "exec"), namespace)
-    return Kernel(namespace[ident], source, tuple(lbl for lbl, _ in outputs))
+    return Kernel(namespace[ident], source, tuple(outputs))
 
 
 def _deps(expr: sympy.Expr, replacements: list[tuple[sympy.Symbol, sympy.Expr]]) -> set:

@@ -23,6 +23,7 @@ from customloss._lazy import LazyModule, sympy
 # SymPy and the modules built on it load on first use: `import customloss` stays cheap
 calculus: Any = LazyModule("customloss.calculus")
 codegen: Any = LazyModule("customloss.codegen")
+diskcache: Any = LazyModule("customloss.diskcache")
 
 __all__ = ["Loss", "define", "loss"]
 
@@ -67,7 +68,8 @@ def _normalise_default(name: str, value: Any) -> ParamDefault:
 _ARTEFACTS: dict[tuple, Any] = {}
 _ARTEFACT_LOCKS: dict[tuple, threading.Lock] = {}
 _GLOBAL_LOCK = threading.Lock()
-#: How many kernels were generated in this process (for the cache's tests).
+#: How many kernels were made in this process (generated, or read back from the disk
+#: cache by :mod:`customloss.diskcache`), for the cache's tests.
 kernel_builds = 0
 
 
@@ -275,10 +277,16 @@ class Loss:
         if not isinstance(order, int) or order < 1:
             raise ValueError(f"order must be a positive integer, got {order!r}")
         sym = self._symbol(wrt)
+        if self.classes and order != 1:
+            raise NotImplementedError("higher class-axis derivatives are not available")
+        key = ("grad", self._key, sym.name, order, given_target_sum)
+        return _cached(
+            key, lambda: _stored_expr(key, lambda: self._grad(sym, order, given_target_sum))
+        )
+
+    def _grad(self, sym: sympy.Symbol, order: int, given_target_sum: float | None) -> sympy.Expr:
         if not self.classes:
             return calculus.derivative(self.expr, sym, order)
-        if order != 1:
-            raise NotImplementedError("higher class-axis derivatives are not available")
         per_class = [self._symbols[n] for n in self.per_class]
         if sym.name in self.per_class:
             d = calculus.class_derivative(self.expr, sym)
@@ -330,23 +338,20 @@ class Loss:
             value = not wrt
         key = ("kernel", self._key, backend, value, wrt, fast)
 
-        def build() -> codegen.Kernel:
-            global kernel_builds
-            runtime = _runtime(backend)
+        def generate() -> codegen.Kernel:
             outs = [("value", self.stable_expr)] if value else []
             outs += [(f"d_{n}", self._stable_derivative(n)) for n in wrt]
             args = [self._symbols[n] for n in (*self.inputs, *self.params)]
-            kernel_builds += 1
             return codegen.generate_kernel(
                 "_".join([self.name, backend, *[lbl for lbl, _ in outs]]),
                 args,
                 outs,
-                runtime,
+                _runtime(backend),
                 shape_args=[self._symbols[n] for n in self.inputs],
                 fast=fast,
             )
 
-        return _cached(key, build)
+        return _cached(key, lambda: _stored_kernel(key, backend, generate))
 
     # -- class-axis code generation --------------------------------------------
     def _gathered(self) -> dict[sympy.Symbol, sympy.Symbol]:
@@ -455,8 +460,7 @@ class Loss:
         ):
             return self._class_kernel(backend, mode, wrt, value)
 
-        def build() -> codegen.Kernel:
-            global kernel_builds
+        def generate() -> codegen.Kernel:
             z, y = (self._symbols[n] for n in self.inputs)
             params = [self._symbols[n] for n in self.params]
             outs: list[tuple[str, sympy.Expr]] = []
@@ -484,7 +488,6 @@ class Loss:
                         prelude.append((g, op, [s, idx]))
             else:
                 args = [z, y, *params]
-            kernel_builds += 1
             return codegen.generate_kernel(
                 "_".join([self.name, backend, mode, *[lbl for lbl, _ in outs]]).replace(
                     "@", "_at_"
@@ -496,7 +499,7 @@ class Loss:
                 expand=shapes,
             )
 
-        return _cached(key, build)
+        return _cached(key, lambda: _stored_kernel(key, backend, generate))
 
     def source(self, backend: str = "torch", wrt: Sequence[str] | None = None) -> str:
         """The generated code, for inspection.
@@ -703,6 +706,41 @@ class Loss:
             + f"\n\nd{self.name}/d{self.inputs[0]} =\n"
             + sympy.pretty(self.grad(), use_unicode=True)
         )
+
+
+def _stored_expr(key: tuple, compute: Callable[[], sympy.Expr]) -> sympy.Expr:
+    """The expression for ``key`` from the disk cache, else computed (and stored there)."""
+    stored = diskcache.load("expr", key)
+    if isinstance(stored, sympy.Expr):
+        return stored
+    expr = compute()
+    diskcache.store("expr", key, expr)
+    return expr
+
+
+def _stored_kernel(
+    key: tuple, backend: str, generate: Callable[[], codegen.Kernel]
+) -> codegen.Kernel:
+    """The kernel for ``key`` from the disk cache, else generated (and stored there)."""
+    global kernel_builds
+    stored = diskcache.load("kernel", key)
+    if stored is not None:
+        try:
+            kernel = codegen.kernel_from_source(
+                stored["ident"], stored["source"], stored["ident"], stored["outputs"],
+                _runtime(backend),
+            )  # fmt: skip
+        except Exception:  # a damaged entry: generate afresh (and overwrite it)
+            stored = None
+    if stored is None:
+        kernel = generate()
+        diskcache.store(
+            "kernel",
+            key,
+            {"source": kernel.source, "ident": kernel.fn.__name__, "outputs": list(kernel.outputs)},
+        )
+    kernel_builds += 1
+    return kernel
 
 
 def _rebuild(state: dict[str, Any]) -> Loss:

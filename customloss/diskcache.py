@@ -1,0 +1,199 @@
+"""Cache of derived artefacts on disk, shared across processes.
+
+Differentiating a loss and generating its kernels is SymPy work that a fresh process
+would repeat for the same mathematics (focal: about 70 ms of the cold start, measured
+in ``docs/performance.md``).  This module keeps the results on disk:
+
+* generated kernel source (``kind="kernel"``): stored as JSON text; a hit is compiled
+  with Python's ``compile`` like a freshly generated kernel;
+* symbolic derivatives returned by :meth:`customloss.loss.Loss.grad`
+  (``kind="expr"``): stored with :mod:`pickle` (SymPy's own pickling).
+
+Keys are the mathematics (``Loss._key``: the ``srepr`` of the expression, the input
+and param names) plus what was asked for, hashed with SHA-256 together with the
+versions of customloss, SymPy and Python, :data:`SCHEMA` and a hash of the source of
+the modules that derive and generate (``calculus``, ``codegen``, ``dsl``, ``loss``),
+so an upgrade or a local edit never reads an old entry.
+
+Where: ``CUSTOMLOSS_CACHE_DIR``, else ``$XDG_CACHE_HOME/customloss``, else
+``~/.cache/customloss``.  ``CUSTOMLOSS_CACHE=0`` (also ``off``/``false``/``no``)
+switches the cache off.
+
+Safety (the decision): cache entries are code (kernel source) and pickles, so they are
+trusted exactly like Python's own ``__pycache__`` or Inductor's cache directory.  The
+directory is created with mode ``0o700``; an entry is read only if it is a regular
+file owned by the current user and not writable by group or others; anything else
+is ignored (and regenerated).  Entries are written to a temporary file and renamed
+into place, so a concurrent reader sees a whole entry or none.  Every failure to read
+or write (read-only home, full disk, a corrupt or truncated entry) falls back to
+computing the artefact: the cache can make a process faster, never wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import stat
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ENV_DIR",
+    "ENV_SWITCH",
+    "SCHEMA",
+    "directory",
+    "enabled",
+    "hits",
+    "load",
+    "store",
+]
+
+#: Environment variable: the cache directory.
+ENV_DIR = "CUSTOMLOSS_CACHE_DIR"
+#: Environment variable: ``0``/``off``/``false``/``no`` disables the cache.
+ENV_SWITCH = "CUSTOMLOSS_CACHE"
+#: Bumped whenever the stored format or the meaning of a key changes.
+SCHEMA = 1
+
+#: Entries served from disk in this process (for tests and benchmarks).
+hits = 0
+
+_KINDS = ("kernel", "expr")
+
+
+def enabled() -> bool:
+    """Whether the disk cache is on (``CUSTOMLOSS_CACHE`` is not a false value)."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def directory() -> Path:
+    """The cache directory (not created)."""
+    explicit = os.environ.get(ENV_DIR)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "customloss"
+
+
+def _canon(key: Any) -> Any:
+    """``key`` with sets sorted, so its ``repr`` is the same in every process."""
+    if isinstance(key, (set, frozenset)):
+        return ("<set>", *sorted(repr(_canon(k)) for k in key))
+    if isinstance(key, (tuple, list)):
+        return tuple(_canon(k) for k in key)
+    return key
+
+
+_FINGERPRINT: str | None = None
+#: Modules whose code decides what is derived and generated: an edit to any of them
+#: (a development checkout, a patched install) gives new keys.
+_GENERATORS = ("calculus", "codegen", "dsl", "loss")
+
+
+def _fingerprint() -> str:
+    """SHA-256 of the generating modules' source files (computed once per process)."""
+    global _FINGERPRINT
+    if _FINGERPRINT is None:
+        h = hashlib.sha256()
+        here = Path(__file__).resolve().parent
+        for mod in _GENERATORS:
+            try:
+                h.update((here / f"{mod}.py").read_bytes())
+            except OSError:  # e.g. a zipped install: rely on the version alone
+                h.update(mod.encode())
+        _FINGERPRINT = h.hexdigest()
+    return _FINGERPRINT
+
+
+def _path(kind: str, key: Any) -> Path:
+    import sympy
+
+    from customloss import __version__
+
+    ident = repr(
+        (
+            SCHEMA,
+            __version__,
+            _fingerprint(),
+            sympy.__version__,
+            sys.version_info[:2],
+            kind,
+            _canon(key),
+        )
+    )
+    digest = hashlib.sha256(ident.encode()).hexdigest()
+    suffix = ".json" if kind == "kernel" else ".pickle"
+    return directory() / digest[:2] / (digest + suffix)
+
+
+def _trusted(path: Path) -> bool:
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o022:
+        return False
+    return not hasattr(os, "getuid") or st.st_uid == os.getuid()
+
+
+def load(kind: str, key: Any) -> Any | None:
+    """The stored artefact for ``key``, or None (missing, disabled, untrusted, corrupt).
+
+    ``kind="kernel"`` gives the stored dict (``source``, ``ident``, ``outputs``);
+    ``kind="expr"`` the unpickled SymPy expression.
+    """
+    global hits
+    if kind not in _KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}; valid: {', '.join(_KINDS)}")
+    if not enabled():
+        return None
+    path = _path(kind, key)
+    if not _trusted(path):
+        return None
+    try:
+        data = path.read_bytes()
+        value = (
+            json.loads(data) if kind == "kernel" else pickle.loads(data)
+        )  # trusted: see the module docstring
+    except Exception:  # a corrupt or truncated entry: regenerate
+        return None
+    if kind == "kernel" and not (
+        isinstance(value, dict) and {"source", "ident", "outputs"} <= value.keys()
+    ):
+        return None
+    hits += 1
+    return value
+
+
+def store(kind: str, key: Any, value: Any) -> bool:
+    """Store ``value`` for ``key``; returns whether it was written (errors are ignored)."""
+    if kind not in _KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}; valid: {', '.join(_KINDS)}")
+    if not enabled():
+        return False
+    path = _path(kind, key)
+    try:
+        data = (
+            json.dumps(value).encode()
+            if kind == "kernel"
+            else pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        )
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except Exception:
+        return False
+    return True
