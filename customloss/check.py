@@ -64,6 +64,9 @@ if TYPE_CHECKING:
     from customloss.loss import Loss
 
 __all__ = [
+    "CLASS_LOGITS",
+    "CLASS_PROBABILITIES",
+    "CLASS_TARGETS",
     "DTYPES",
     "PARAM_VALUES",
     "PREDICTIONS",
@@ -72,6 +75,12 @@ __all__ = [
     "Problem",
     "TrueValue",
     "check",
+    "class_components",
+    "class_layout",
+    "class_point",
+    "class_targets",
+    "expand_classes",
+    "mp_class_function",
     "mp_function",
     "true_derivative",
     "true_value",
@@ -86,6 +95,41 @@ PREDICTIONS: tuple[float, ...] = (
 TARGETS: tuple[float, ...] = (-1.0, 0.0, 0.5, 1.0)
 #: Values each param takes in turn (the others stay at their defaults).
 PARAM_VALUES: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 5.0)
+#: Class-axis losses: logit rows (C = 3) -- all equal, one class dominant at +-1e4, the
+#: others at +-1e4 or 0, float32's exp overflow (100), moderate logits.
+CLASS_LOGITS: tuple[tuple[float, ...], ...] = (
+    (0.0, 0.0, 0.0),
+    (1e4, 1e4, 1e4),
+    (-1e4, -1e4, -1e4),
+    (1e4, 0.0, 0.0),
+    (-1e4, 0.0, 0.0),
+    (1e4, -1e4, -1e4),
+    (-1e4, 1e4, 1e4),
+    (1e4, -1e4, 0.0),
+    (100.0, 0.0, -100.0),
+    (5.0, 0.0, -5.0),
+)
+#: Class-axis losses: probability rows (C = 3), with exact zeros and ones.
+CLASS_PROBABILITIES: tuple[tuple[float, ...], ...] = (
+    (1.0, 0.0, 0.0),
+    (0.5, 0.5, 0.0),
+    (1 / 3, 1 / 3, 1 / 3),
+    (1.0 - 1e-6, 1e-6, 0.0),
+    (0.0, 0.0, 0.0),
+)
+#: Class-axis losses: targets -- class indices (an ``int``; the loss's ``ignore_index`` is
+#: added) and probability rows (one-hot, uniform, with zeros).
+CLASS_TARGETS: tuple[int | tuple[float, ...], ...] = (
+    0,
+    1,
+    2,
+    (1.0, 0.0, 0.0),
+    (0.0, 1.0, 0.0),
+    (0.0, 0.0, 1.0),
+    (1 / 3, 1 / 3, 1 / 3),
+    (0.5, 0.5, 0.0),
+    (0.0, 0.9, 0.1),
+)
 #: Dtypes scanned by default.
 DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16")
 #: Backends scanned by default (``torch`` ones only when torch is installed).
@@ -111,10 +155,13 @@ class Problem:
         backend: ``"numpy"``, ``"torch"`` (only the prediction requires grad) or
             ``"torch/full"`` (everything requires grad).
         input: the prediction, as actually evaluated (rounded to ``dtype``);
-            ``nan`` for a problem that concerns the whole grid (an exception).
-        target: the target, as evaluated.
-        params: the param values used at this point.
-        quantity: ``"value"`` or ``"d/d<name>"``.
+            ``nan`` for a problem that concerns the whole grid (an exception).  For a
+            class-axis loss the row of per-class logits (or probabilities).
+        target: the target, as evaluated.  For a class-axis loss a class index
+            (``int``; one outside ``[0, C)`` is the ignore index) or a probability row.
+        params: the param values used at this point (per-class params: every class).
+        quantity: ``"value"`` or ``"d/d<name>"``; for a per-class input or param of a
+            class-axis loss ``"d/d<name>[c]"``, the derivative in its entry at class c.
         got: what the backend returned.
         expected: the true value (or limit) rounded to float64; ``inf`` where it is
             infinite or beyond float64; ``nan`` for an exception.
@@ -123,8 +170,8 @@ class Problem:
 
     dtype: str
     backend: str
-    input: float
-    target: float
+    input: float | tuple[float, ...]
+    target: float | tuple[float, ...]
     params: dict[str, float]
     quantity: str
     got: float
@@ -133,7 +180,9 @@ class Problem:
 
     def where(self) -> str:
         """The point: input, target and params."""
-        if math.isnan(self.input):
+        if isinstance(self.input, tuple):
+            at = f"input={_fmt_row(self.input)} target={_fmt_target(self.target, len(self.input))}"
+        elif math.isnan(self.input):
             at = "whole grid"
         else:
             at = f"input={_fmt(self.input)} target={_fmt(self.target)}"
@@ -157,10 +206,13 @@ class CheckReport:
             undefined (out of the loss's domain) and so were not judged.
         dtypes: the dtypes scanned.
         backends: the backends scanned.
-        predictions: the prediction grid (before rounding to each dtype).
-        targets: the target grid.
+        predictions: the prediction grid (before rounding to each dtype); for a
+            class-axis loss, rows of per-class logits or probabilities.
+        targets: the target grid; for a class-axis loss, class indices and
+            probability rows.
         param_sets: the param combinations scanned.
         quantities: ``"value"`` and the ``"d/d<name>"`` derivatives scanned.
+        classes: the number of classes C of a class-axis loss (0: elementwise).
     """
 
     loss: str
@@ -170,10 +222,11 @@ class CheckReport:
     skipped: int = 0
     dtypes: tuple[str, ...] = ()
     backends: tuple[str, ...] = ()
-    predictions: tuple[float, ...] = ()
-    targets: tuple[float, ...] = ()
+    predictions: tuple[Any, ...] = ()
+    targets: tuple[Any, ...] = ()
     param_sets: list[dict[str, float]] = field(default_factory=list)
     quantities: tuple[str, ...] = ()
+    classes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -186,9 +239,10 @@ class CheckReport:
     def summary(self) -> str:
         """One line: the verdict and what was scanned."""
         verdict = "ok" if self.ok else f"{len(self.problems)} problem(s)"
+        rows = f"rows of C={self.classes} logits/probabilities " if self.classes else ""
         return (
             f"check({self.loss!r}): {verdict} in {self.evaluated:,} results "
-            f"[{', '.join(self.quantities)}] over {len(self.predictions)} predictions x "
+            f"[{', '.join(self.quantities)}] over {len(self.predictions)} predictions {rows}x "
             f"{len(self.targets)} targets x {len(self.param_sets)} param sets; "
             f"dtypes {', '.join(self.dtypes)}; backends {', '.join(self.backends)} "
             f"(torch on {self.device}); "
@@ -241,6 +295,7 @@ def _mp_namespace() -> dict[str, Callable[..., Any]]:
         return m + mp.log(mp.fsum(mp.exp(a - m) for a in args))
 
     return {
+        "KeptExp": mp.exp,
         "Sigmoid": lambda u: 1 / (1 + mp.exp(-u)),
         "Softplus": softplus,
         "LogSumExp": logsumexp,
@@ -551,6 +606,18 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
+def _fmt_row(row: Sequence[float]) -> str:
+    return "(" + ", ".join(_fmt(v) for v in row) + ")"
+
+
+def _fmt_target(target: Any, n_classes: int) -> str:
+    if isinstance(target, tuple):
+        return _fmt_row(target)
+    if isinstance(target, int):
+        return f"class {target}" if 0 <= target < n_classes else f"ignore_index {target}"
+    return _fmt(target)
+
+
 # ---------------------------------------------------------------------------
 # backends
 # ---------------------------------------------------------------------------
@@ -681,11 +748,6 @@ def check(
 
     if not isinstance(loss, Loss):
         raise TypeError(f"check() needs a customloss Loss, got {type(loss).__name__}")
-    if getattr(loss, "classes", False):
-        raise NotImplementedError(
-            f"check(): {loss.name!r} is a class-axis loss (classes=True); the extreme-value "
-            "scan covers elementwise losses only in this version"
-        )
     dtype_names = tuple(dict.fromkeys(_dtype_name(d) for d in dtypes))
     if backends is None:
         backends = BACKENDS if _torch_available() else ("numpy",)
@@ -699,6 +761,10 @@ def check(
             raise ValueError(
                 f"check(): loss {loss.name!r} has no input or param {n!r}; choose from {', '.join(names)}"
             )
+    if loss.classes:
+        return _check_classes(
+            loss, predictions, targets, params, dtype_names, tuple(backends), wrt, device
+        )
     preds = tuple(float(v) for v in (PREDICTIONS if predictions is None else predictions))
     targs = tuple(float(v) for v in (TARGETS if targets is None else targets))
     sets = _param_sets(loss, params)
@@ -811,6 +877,506 @@ def _judge(quantity: str, got: float, tv: TrueValue, dtype: str, limit: float) -
     if math.isnan(got) or (got > 0) != (tv.value > 0):
         return f"{quantity} is {shown}; {label} {beyond}"
     return None
+
+
+# ---------------------------------------------------------------------------
+# class-axis losses: the class reductions written out over explicit classes
+# ---------------------------------------------------------------------------
+def class_components(symbol: sympy.Symbol, n_classes: int) -> tuple[sympy.Symbol, ...]:
+    """The entries ``s[0], ..., s[C-1]`` of a per-class symbol ``s`` (real symbols)."""
+    return tuple(sympy.Symbol(f"{symbol.name}[{c}]", real=True) for c in range(n_classes))
+
+
+@functools.lru_cache(maxsize=256)
+def expand_classes(
+    expr: sympy.Expr,
+    per_class: tuple[sympy.Symbol, ...],
+    n_classes: int,
+    at: int | None = None,
+) -> sympy.Expr:
+    """``expr`` with every class reduction written out over ``n_classes`` classes.
+
+    ``csum(u)`` becomes ``u[0] + ... + u[C-1]``, ``cmax(u)`` ``Max(u[0], ...)`` and
+    ``clogsumexp(u)`` ``log(exp(u[0]) + ...)``, where ``u[c]`` is ``u`` with every
+    per-class symbol replaced by its entry at class ``c`` (:func:`class_components`);
+    inner reductions are written out first.  This is the mathematics of the loss with
+    nothing of the code generator in it: no stability rewrite, no gathering of
+    class-index targets.
+
+    Args:
+        expr: a class-axis expression (``Loss.expr``, ``Loss.grad()``, ...).
+        per_class: the per-class symbols.
+        n_classes: the number of classes C.
+        at: per-class symbols left outside every reduction (a per-class derivative
+            from ``Loss.grad``, which means "at class j") become their entry at this
+            class; None: there must be none.
+
+    Returns:
+        A SymPy expression in the entries and the per-sample symbols.
+
+    Raises:
+        ValueError: a per-class symbol outside every reduction and ``at`` is None, or
+            a class reduction this function does not know.
+    """
+    from customloss.calculus import CLASS_REDUCTIONS, CLogSumExp, CMax, CSum
+
+    comps = {s: class_components(s, n_classes) for s in per_class}
+
+    def visit(e: sympy.Basic) -> sympy.Basic:
+        if e.is_Atom:
+            return e
+        args = tuple(visit(a) for a in e.args)
+        if isinstance(e, CLASS_REDUCTIONS):
+            (u,) = args
+            terms = [u.xreplace({s: comps[s][c] for s in per_class}) for c in range(n_classes)]
+            if isinstance(e, CSum):
+                return sympy.Add(*terms)
+            if isinstance(e, CMax):
+                return sympy.Max(*terms)
+            if isinstance(e, CLogSumExp):
+                return sympy.log(sympy.Add(*(sympy.exp(t) for t in terms)))
+            raise ValueError(f"expand_classes(): unknown class reduction {type(e).__name__}")
+        return e.func(*args) if args != e.args else e
+
+    out = visit(expr)
+    left = out.free_symbols & set(per_class)
+    if left and at is None:
+        raise ValueError(
+            f"expand_classes(): {sorted(s.name for s in left)[0]!r} is per-class but used "
+            "outside a class reduction; pass at= (the class it stands for)"
+        )
+    if left:
+        out = out.xreplace({s: comps[s][at] for s in left})
+    return out
+
+
+def class_layout(loss: Loss, n_classes: int) -> tuple[tuple[sympy.Symbol, ...], dict[str, int]]:
+    """The arguments of :func:`mp_class_function` and where each name starts.
+
+    Order: the prediction's C entries, the target's C entries, then each param in
+    ``loss.params`` order (C entries when per-class, one otherwise).
+
+    Returns:
+        ``(symbols, offsets)``: the argument symbols and name -> index of its first one.
+    """
+    args: list[sympy.Symbol] = []
+    offsets: dict[str, int] = {}
+    for n in (*loss.inputs, *loss.params):
+        offsets[n] = len(args)
+        s = loss.symbols[n]
+        args.extend(class_components(s, n_classes) if n in loss.per_class else (s,))
+    return tuple(args), offsets
+
+
+def mp_class_function(
+    loss: Loss, n_classes: int, expr: sympy.Expr | None = None, at: int | None = None
+) -> Callable[..., Any]:
+    """A class-axis loss (or ``expr``) as a function of mpmath numbers, one per entry.
+
+    The class reductions are written out over ``n_classes`` classes
+    (:func:`expand_classes`), so the function is independent of the stability rewrites
+    and the code generator.  Arguments as in :func:`class_layout`.
+
+    Args:
+        loss: a ``classes=True`` loss.
+        n_classes: the number of classes C.
+        expr: the expression to evaluate; default the plain ``loss.expr``.
+        at: see :func:`expand_classes` (for per-class derivatives).
+    """
+    per_class = tuple(loss.symbols[n] for n in loss.per_class)
+    args, _ = class_layout(loss, n_classes)
+    full = expand_classes(loss.expr if expr is None else expr, per_class, n_classes, at)
+    return mp_function(full, args)
+
+
+def class_point(
+    loss: Loss, row: Sequence[float], target_row: Sequence[float], params: Mapping[str, float]
+) -> tuple[float, ...]:
+    """The flat argument tuple of :func:`mp_class_function` at one sample.
+
+    Per-class params given as a scalar take that value at every class; a per-class
+    param may also be given as a sequence of C values.
+    """
+    n_classes = len(row)
+    vals = [float(v) for v in (*row, *target_row)]
+    for k in loss.params:
+        v = params[k]
+        if k in loss.per_class:
+            vals.extend(float(e) for e in (v if isinstance(v, (tuple, list)) else [v] * n_classes))
+        else:
+            vals.append(float(v))
+    return tuple(vals)
+
+
+def class_targets(n_classes: int) -> tuple[int | tuple[float, ...], ...]:
+    """The default targets of the class-axis scan for C classes (see :data:`CLASS_TARGETS`).
+
+    Each class index, each one-hot row, the uniform row, ``(0.5, 0.5, 0, ...)`` and
+    ``(0, 0.9, 0.1, 0, ...)`` (soft targets with exact zeros).
+    """
+    eye = [tuple(float(i == c) for i in range(n_classes)) for c in range(n_classes)]
+    rest = [0.0] * (n_classes - 2)
+    return (
+        *range(n_classes),
+        *eye,
+        tuple([1 / n_classes] * n_classes),
+        (0.5, 0.5, *rest),
+        (0.0, 0.9, 0.1, *rest[1:]) if n_classes > 2 else (0.1, 0.9),
+    )
+
+
+def _class_grid(
+    loss: Loss, predictions: Sequence[Any] | None, targets: Sequence[Any] | None
+) -> tuple[tuple[tuple[float, ...], ...], tuple[int | tuple[float, ...], ...], int]:
+    """Validated prediction rows, targets (with the ignore index) and C."""
+    ignore = int(loss.options.get("ignore_index", -100))
+    if predictions is None:
+        probability = loss.domains.get(loss.inputs[0]) == "probability"
+        rows = CLASS_PROBABILITIES if probability else CLASS_LOGITS + CLASS_PROBABILITIES
+    else:
+        try:
+            rows = tuple(tuple(float(v) for v in r) for r in predictions)
+        except TypeError:
+            raise ValueError(
+                f"check(): {loss.name!r} is a class-axis loss: predictions must be rows of "
+                f"C values (one per class), e.g. [(1e4, 0, -1e4)]; got {list(predictions)!r}"
+            ) from None
+    sizes = sorted({len(r) for r in rows})
+    if not rows or len(sizes) != 1 or sizes[0] < 2:
+        raise ValueError(
+            f"check(): {loss.name!r} is a class-axis loss: predictions must be rows of one "
+            f"length C >= 2 (one value per class); got row lengths {sizes}"
+        )
+    n_classes = sizes[0]
+    if targets is None:
+        targs: list[int | tuple[float, ...]] = [*class_targets(n_classes), ignore]
+    else:
+        targs = []
+        for t in targets:
+            if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+                t = int(t)
+                if not (0 <= t < n_classes or t == ignore):
+                    raise ValueError(
+                        f"check(): class index {t} outside [0, {n_classes}) and not the "
+                        f"ignore_index {ignore} of {loss.name!r}"
+                    )
+                targs.append(t)
+                continue
+            try:
+                row = tuple(float(v) for v in t)
+            except TypeError:
+                raise ValueError(
+                    f"check(): {loss.name!r} is a class-axis loss: a target is a class index "
+                    f"(int) or a probability row of C={n_classes} values; got {t!r}"
+                ) from None
+            if len(row) != n_classes:
+                raise ValueError(
+                    f"check(): probability target {t!r} has {len(row)} values; the "
+                    f"predictions have C={n_classes}"
+                )
+            targs.append(row)
+    return rows, tuple(targs), n_classes
+
+
+def _class_true_value(
+    fn: Callable[..., Any], point: tuple[float, ...], n_classes: int, index: bool
+) -> TrueValue:
+    """:func:`true_value` for one sample of a class-axis loss.
+
+    Where the loss is undefined at the point, the limit is sought by moving each entry
+    of the prediction (and of a probability target) alone, then the whole prediction
+    row, the whole target row and both together (every entry by the same relative
+    offset, each row with one sign): 4C + 8 directions at most, not all 2^(2C) sign
+    combinations.
+    """
+    mp = _mp()
+    v = _adaptive(fn, point)
+    if not mp.isnan(v):
+        return TrueValue("inf" if mp.isinf(v) else "finite", float(v), False)
+    n = len(point)
+    pred = range(n_classes)
+    targ = range(0) if index else range(n_classes, 2 * n_classes)
+
+    def along(signs: dict[int, int]) -> tuple[int, ...]:
+        return tuple(signs.get(i, 0) for i in range(n))
+
+    stages = [_directions(n, (i,)) for i in (*pred, *targ)]
+    stages.append([along(dict.fromkeys(pred, s)) for s in (1, -1)])
+    if targ:
+        stages.append([along(dict.fromkeys(targ, s)) for s in (1, -1)])
+        stages.append(
+            [
+                along({**dict.fromkeys(pred, a), **dict.fromkeys(targ, b)})
+                for a in (1, -1)
+                for b in (1, -1)
+            ]
+        )
+
+    with mp.workdps(50):
+        base = [mp.mpf(x) for x in point]
+        steps = [mp.mpf("1e-20") * max(1, abs(x)) for x in point]
+
+    def probe(d: tuple[int, ...]) -> bool:  # defined just off the point along d?
+        with mp.workdps(50):
+            q = [b + s * h if s else b for b, s, h in zip(base, d, steps, strict=True)]
+            return not mp.isnan(_mp_eval(fn, q))
+
+    for directions in stages:
+        defined = [d for d in directions if probe(d)]
+        limits = _limits_along(fn, fn, point, defined) if defined else []
+        if not limits:
+            continue
+        if all(math.isfinite(x) for x in limits):
+            return TrueValue("finite", limits[0], True)
+        if all(x == limits[0] for x in limits):
+            return TrueValue("inf", limits[0], True)
+        break
+    return TrueValue("undefined", math.nan, False)
+
+
+def _run_class(
+    backend: str,
+    loss: Loss,
+    x: np.ndarray,
+    t: np.ndarray,
+    params: dict[str, float],
+    dtype: str,
+    wrt: Sequence[str],
+    device: str,
+) -> _Results:
+    """Per-sample value ``(N,)`` and input gradients ``(N, C)``; param gradients are
+    summed over the batch (``(C,)`` per-class, ``()`` otherwise)."""
+    n_classes = x.shape[1]
+    index = t.dtype.kind in "iu"
+    pred, targ = loss.inputs
+    if backend == "numpy":
+        xs = x.astype(dtype)
+        ts = t if index else t.astype(dtype)
+        nps = {
+            k: np.full(n_classes, v, dtype=dtype) if k in loss.per_class else np.asarray(v, dtype)
+            for k, v in params.items()
+        }
+        out = {"value": np.asarray(loss(xs, ts, reduction="none", **nps), dtype=np.float64)}
+        for n in wrt:
+            g = loss.gradient(xs, ts, wrt=n, reduction="none", **nps)
+            out[f"d/d{n}"] = np.asarray(g, dtype=np.float64)
+        return out
+    import torch
+
+    full = backend == "torch/full"
+    grads = tuple(wrt) if full else tuple(n for n in wrt if n == pred)
+    tdt = getattr(torch, dtype)
+    xt = torch.as_tensor(x, dtype=torch.float64).to(device=device, dtype=tdt)
+    xt.requires_grad_(pred in grads)
+    if index:
+        tt = torch.as_tensor(t, dtype=torch.int64, device=device)
+    else:
+        tt = torch.as_tensor(t, dtype=torch.float64).to(device=device, dtype=tdt)
+        tt.requires_grad_(targ in grads)
+    ps: dict[str, Any] = {}
+    for k, v in params.items():
+        shape = (n_classes,) if k in loss.per_class else ()
+        ps[k] = torch.full(shape, v, dtype=tdt, device=device).requires_grad_(k in grads)
+    v = loss(xt, tt, reduction="none", **ps)
+    out = {}
+    if not full:
+        out["value"] = v.detach().double().cpu().numpy()
+    if grads:
+        v.backward(torch.ones_like(v))
+    tensors = {pred: xt, targ: tt, **ps}
+    for n in grads:
+        g = tensors[n].grad
+        if g is None:
+            raise RuntimeError(f"no gradient reached {n!r}")
+        out[f"d/d{n}"] = g.double().cpu().numpy()
+    return out
+
+
+def _class_results(
+    backend: str,
+    loss: Loss,
+    x: np.ndarray,
+    t: np.ndarray,
+    params: dict[str, float],
+    dtype: str,
+    wrt: Sequence[str],
+    device: str,
+    judged: Callable[[int], bool],
+) -> _Results:
+    """Every quantity per sample, shaped ``(N, 1)`` or ``(N, C)``.
+
+    Param gradients come summed over the batch; where the sum is finite every term is
+    (a sum with an ``inf`` or ``nan`` term is not finite), so only a non-finite sum is
+    taken apart, sample by sample (batches of one), at the samples ``judged(i)`` says
+    can be judged (elsewhere the loss is undefined: the terms stay ``nan``, skipped).
+    """
+    n = len(x)
+    out = _run_class(backend, loss, x, t, params, dtype, wrt, device)
+    apart = []
+    for q, v in list(out.items()):
+        if q[3:] not in loss.params:
+            out[q] = v.reshape(n, -1)
+        elif np.isfinite(v).all():
+            out[q] = np.zeros((n, v.size))  # every per-sample term is finite
+        else:
+            out[q] = np.full((n, v.size), np.nan)
+            apart.append(q)
+    if apart:
+        names = tuple(q[3:] for q in apart)
+        for i in range(n):
+            if judged(i):
+                one = _run_class(
+                    backend, loss, x[i : i + 1], t[i : i + 1], params, dtype, names, device
+                )
+                for q in apart:
+                    out[q][i] = one[q].reshape(-1)
+    return out
+
+
+def _check_classes(
+    loss: Loss,
+    predictions: Sequence[Any] | None,
+    targets: Sequence[Any] | None,
+    params: Mapping[str, Iterable[float]] | None,
+    dtype_names: tuple[str, ...],
+    backends: Sequence[str],
+    wrt: tuple[str, ...],
+    device: str,
+) -> CheckReport:
+    """The scan of a class-axis loss (see the module docstring)."""
+    rows, targs, n_classes = _class_grid(loss, predictions, targets)
+    sets = _param_sets(loss, params)
+    pred, targ = loss.inputs
+    report = CheckReport(
+        loss=loss.name,
+        device=str(device),
+        dtypes=dtype_names,
+        backends=tuple(backends),
+        predictions=rows,
+        targets=targs,
+        param_sets=sets,
+        quantities=("value", *(f"d/d{n}" for n in wrt)),
+        classes=n_classes,
+    )
+    fn = mp_class_function(loss, n_classes)  # the true values: the loss written out
+    _, offsets = class_layout(loss, n_classes)
+    eye = np.eye(n_classes)
+    truths: dict[tuple[Any, ...], TrueValue] = {}
+
+    def truth(quantity: str, comp: int, point: tuple[float, ...], index: bool) -> TrueValue:
+        key = (quantity, comp, point, index)
+        hit = truths.get(key)
+        if hit is None:
+            if quantity == "value":
+                hit = _class_true_value(fn, point, n_classes, index)
+            elif truth("value", 0, point, index).kind == "undefined":
+                hit = TrueValue("undefined", math.nan, False)  # no value, no derivative
+            else:
+                hit = true_derivative(fn, point, offsets[quantity[3:]] + comp)
+            truths[key] = hit
+        return hit
+
+    def ignored_truth(point: tuple[float, ...]) -> TrueValue:
+        # an ignored sample contributes 0 (value and gradients) wherever the loss is
+        # defined for some target class at its prediction and params; where it is
+        # defined for none (params out of the domain), nothing is right or wrong
+        for c in range(n_classes):
+            at = (*point[:n_classes], *eye[c], *point[2 * n_classes :])
+            if truth("value", 0, at, True).kind != "undefined":
+                return TrueValue("finite", 0.0, False)
+        return TrueValue("undefined", math.nan, False)
+
+    for dtype in dtype_names:
+        limit = _MAX[dtype]
+        r = _round(np.array(rows, dtype=np.float64), dtype)
+        r = r[np.isfinite(r).all(axis=1)]
+        for index in (False, True):
+            chosen = [tt for tt in targs if isinstance(tt, int) == index]
+            if not chosen or not len(r):
+                continue
+            x = np.repeat(r, len(chosen), axis=0)
+            if index:
+                t = np.tile(np.array(chosen, dtype=np.int64), len(r))
+                valid = (t >= 0) & (t < n_classes)
+                t_rows = np.where(valid[:, None], eye[np.clip(t, 0, n_classes - 1)], 0.0)
+            else:
+                tr = _round(np.array(chosen, dtype=np.float64), dtype)
+                t = t_rows = np.tile(tr, (len(r), 1))
+                valid = np.ones(len(x), dtype=bool)
+            here = tuple(n for n in wrt if not (index and n == targ))  # indices: no d/dy
+            for pset in sets:
+                pr = {k: float(_round(np.array([v]), dtype)[0]) for k, v in pset.items()}
+                if not all(math.isfinite(v) for v in pr.values()):
+                    continue
+                for backend in backends:
+                    if (backend == "numpy" and dtype not in _NUMPY_DTYPES) or (
+                        backend == "torch/full" and not here
+                    ):
+                        continue
+
+                    def judged(
+                        i: int,
+                        pr: dict[str, float] = pr,
+                        x: np.ndarray = x,
+                        t_rows: np.ndarray = t_rows,
+                        valid: np.ndarray = valid,
+                        index: bool = index,
+                    ) -> bool:  # called at once, in this iteration
+                        point = class_point(loss, x[i], t_rows[i], pr)
+                        tv = truth("value", 0, point, index) if valid[i] else ignored_truth(point)
+                        return tv.kind != "undefined"
+
+                    try:
+                        results = _class_results(
+                            backend, loss, x, t, pr, dtype, here, device, judged
+                        )
+                    except Exception as exc:  # a backend failing on a whole grid is a finding
+                        what = f"raised {type(exc).__name__}: {exc}"
+                        kind = "class-index" if index else "probability"
+                        report.problems.append(
+                            Problem(
+                                dtype,
+                                backend,
+                                math.nan,
+                                math.nan,
+                                dict(pr),
+                                "call",
+                                math.nan,
+                                math.nan,
+                                f"{what} ({kind} targets)",
+                            )
+                        )
+                        continue
+                    for quantity, out in results.items():
+                        report.evaluated += out.size
+                        per_class = quantity != "value" and quantity[3:] in loss.per_class
+                        for i, c in zip(*np.nonzero(~np.isfinite(out)), strict=True):
+                            point = class_point(loss, x[i], t_rows[i], pr)
+                            if valid[i]:
+                                tv = truth(quantity, int(c), point, index)
+                            else:
+                                tv = ignored_truth(point)
+                            label = f"{quantity}[{c}]" if per_class else quantity
+                            got = float(out[i, c])
+                            what = _judge(label, got, tv, dtype, limit)
+                            if what is None:
+                                if tv.kind == "undefined" or (tv.kind == "inf" and tv.limit):
+                                    report.skipped += 1
+                                continue
+                            report.problems.append(
+                                Problem(
+                                    dtype,
+                                    backend,
+                                    tuple(float(v) for v in x[i]),
+                                    int(t[i]) if index else tuple(float(v) for v in t[i]),
+                                    dict(pr),
+                                    label,
+                                    got,
+                                    tv.value,
+                                    what,
+                                )
+                            )
+    return report
 
 
 class _CallableModule(types.ModuleType):
