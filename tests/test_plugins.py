@@ -440,3 +440,122 @@ def test_the_plugin_docs_quote_the_example_plugin_verbatim():
         code_lines = [line for line in source.splitlines() if line.strip()]
         missing = [line for line in code_lines if line not in quoted]
         assert not missing, f"lines of {path.name} the walk-through skips: {missing}"
+
+
+# ------------------------------------------- customloss-robust at extreme residuals
+# Issue #8: u = (x/c)^2 overflows float32 for |x/c| > 1.8e19.  The references below are
+# the textbook formulas of Barron (2019) in 200-digit mpmath (no overflow, no underflow),
+# differentiated by central differences in mpmath; the losses must match them in float32
+# and float64, or return inf of the right sign where the true value exceeds the dtype.
+HUGE_RESIDUALS = [1e20, -1e20, 1e25, -3e27, 1e30, -1e30]
+
+
+def barron_mp(name: str, x, c, alpha=None):
+    """The paper's formula for ``name`` at residual ``x`` (mpmath numbers)."""
+    u = (x / c) ** 2
+    if name == "cauchy" or (name == "general_robust" and alpha == 0):
+        return mpmath.log(u / 2 + 1)
+    if name == "charbonnier":
+        return mpmath.sqrt(u + 1) - 1
+    if name == "geman_mcclure":
+        return 2 * u / (u + 4)
+    if name == "welsch" or (name == "general_robust" and alpha == -INF):
+        return 1 - mpmath.exp(-u / 2)
+    if alpha == INF:
+        return mpmath.exp(u / 2) - 1
+    if alpha == 2:
+        return u / 2
+    b = abs(alpha - 2)
+    return b / alpha * ((u / b + 1) ** (alpha / 2) - 1)
+
+
+def robust_reference(name: str, p: float, y: float, c: float, alpha=None) -> dict[str, object]:
+    """Value and d/dp, d/dy, d/dc (and d/dalpha) of the paper's formula, in mpmath."""
+    with mpmath.workdps(200):
+        p_, y_, c_ = mpmath.mpf(p), mpmath.mpf(y), mpmath.mpf(c)
+
+        def f(p, y, c, alpha=alpha):
+            return barron_mp(name, p - y, c, alpha)
+
+        scale = max(1, abs(p_), abs(y_), abs(c_))
+
+        def d(g, at):  # central difference, step 1e-50 of the inputs' scale
+            h = mpmath.mpf("1e-50") * scale
+            return (g(at + h) - g(at - h)) / (2 * h)
+
+        out = {
+            "value": f(p_, y_, c_),
+            "p": d(lambda t: f(t, y_, c_), p_),
+            "y": d(lambda t: f(p_, t, c_), y_),
+            "c": d(lambda t: f(p_, y_, t), c_),
+        }
+        if alpha is not None:
+            if math.isinf(alpha) or alpha == 2:
+                # the limits do not depend on alpha; at alpha = 2 the true derivative
+                # diverges and the loss documents that it reports 0
+                out["alpha"] = mpmath.mpf(0)
+            else:
+                out["alpha"] = d(lambda t: f(p_, y_, c_, t), mpmath.mpf(alpha))
+        return out
+
+
+def robust_ours(name, p, y, c, alpha, dtype) -> dict[str, list[float]]:
+    """Value and gradients from the NumPy backend and from torch autograd (everything
+    requiring grad), as float64 lists: [numpy, torch]."""
+    loss = cl.get(name)
+    params = {"c": c} if alpha is None else {"c": c, "alpha": alpha}
+    x = np.array([p], dtype=dtype)
+    t = np.array([y], dtype=dtype)
+    ps = {k: np.asarray(v, dtype=dtype) for k, v in params.items()}
+    out = {"value": [float(loss(x, t, reduction="none", **ps)[0])]}
+    for n in ("p", "y", *params):
+        out[n] = [float(np.asarray(loss.gradient(x, t, wrt=n, reduction="none", **ps)).ravel()[0])]
+    tdt = getattr(torch, np.dtype(dtype).name)
+    xt = torch.tensor([p], dtype=tdt, requires_grad=True)
+    tt = torch.tensor([y], dtype=tdt, requires_grad=True)
+    pt = {k: torch.tensor([v], dtype=tdt, requires_grad=True) for k, v in params.items()}
+    value = loss(xt, tt, reduction="none", **pt)
+    grads = torch.autograd.grad(value.sum(), [xt, tt, *pt.values()])
+    out["value"].append(value.item())
+    for n, g in zip(("p", "y", *params), grads, strict=True):
+        out[n].append(g.item())
+    return out
+
+
+def assert_matches_truth(got: float, truth, dtype, what: str, headroom: float = 1.0) -> None:
+    """``got`` is ``truth`` rounded to ``dtype`` (rtol 1e-10 / 2e-5, values below the
+    smallest normal number may flush to 0), or inf of the right sign beyond the range
+    (beyond ``max / headroom`` where the formula squares before it halves)."""
+    info = np.finfo(dtype)
+    rtol = 1e-10 if dtype == np.float64 else 2e-5
+    if abs(truth) > info.max / headroom:  # overflow: inf of the right sign is the rounded answer
+        assert got == math.copysign(math.inf, truth), f"{what}: {got} (true {truth})"
+        return
+    assert math.isfinite(got), f"{what}: {got} where the true value is {mpmath.nstr(truth, 8)}"
+    tiny = float(info.tiny)
+    assert abs(got - float(truth)) <= rtol * abs(float(truth)) + 4 * tiny, (
+        f"{what}: {got} != {mpmath.nstr(truth, 12)}"
+    )
+
+
+ROBUST_EXTREME = [(name, None) for name in ("cauchy", "charbonnier", "geman_mcclure", "welsch")] + [
+    ("general_robust", a) for a in (-INF, -3.0, -0.5, 0.0, 0.5, 1.0, 2.0, 5.0, INF)
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize(("name", "alpha"), ROBUST_EXTREME, ids=lambda v: str(v))
+def test_robust_losses_are_exact_at_huge_residuals(name, alpha, dtype):
+    for x in HUGE_RESIDUALS:
+        for y, c in ((0.0, 1.0), (0.5, 0.25), (-1.0, 5.0)):
+            p = float(np.asarray(x + y, dtype=dtype))  # the point as the dtype holds it
+            c_ = float(np.asarray(c, dtype=dtype))
+            truth = robust_reference(name, p, y, c_, alpha)
+            ours = robust_ours(name, p, y, c_, alpha, dtype)
+            for quantity, values in ours.items():
+                for backend, got in zip(("numpy", "torch"), values, strict=True):
+                    what = f"{name} alpha={alpha} {backend} {quantity} at p={p:g} y={y} c={c}"
+                    # alpha = 2 is u/2, computed as |x/c|**2 / 2: the square may overflow
+                    # where its half would still fit (the top factor 2 of the range)
+                    headroom = 2.0 if alpha == 2 and quantity == "value" else 1.0
+                    assert_matches_truth(got, truth[quantity], dtype, what, headroom)

@@ -103,7 +103,9 @@ def _welsch(r: _Residual) -> sympy.Expr:
 
 def _half_u(r: _Residual) -> sympy.Expr:
     """``u / 2`` (alpha = 2)."""
-    return cl.where(r.small, r.u_small() / 2, (r.x / r.c) ** 2 / 2)
+    # |x/c|**2 stays a square of the quotient (SymPy would expand (x/c)**2 into
+    # x**2/c**2, and x**2 overflows first)
+    return cl.where(r.small, r.u_small() / 2, cl.abs(r.x / r.c) ** 2 / 2)
 
 
 @cl.loss(params={"alpha": 1.0, "c": 1.0}, references=(BARRON_2019,))
