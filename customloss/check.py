@@ -112,7 +112,7 @@ CLASS_LOGITS: tuple[tuple[float, ...], ...] = (
 #: Class-axis losses: probability rows (C = 3), with exact zeros and ones.
 CLASS_PROBABILITIES: tuple[tuple[float, ...], ...] = (
     (1.0, 0.0, 0.0),
-    (0.5, 0.5, 0.0),
+    (0.0, 0.5, 0.5),
     (1 / 3, 1 / 3, 1 / 3),
     (1.0 - 1e-6, 1e-6, 0.0),
     (0.0, 0.0, 0.0),

@@ -147,17 +147,25 @@ def gradient(
         scale = np.full((x.shape[0], 1, *x.shape[2:]), g, dtype=prep["cdt"])
         if prep["weight"] is not None:
             scale = scale * prep["weight"]
-        if prep["valid"] is not None:
-            scale = scale * prep["valid"]
+        valid = prep["valid"]
+        if valid is not None:
+            scale = scale * valid
+
+        def masked(a: np.ndarray) -> np.ndarray:
+            # ignored positions give exactly 0, also where the derivative at their
+            # stand-in target class is inf/nan (0 * inf would be nan)
+            return a if valid is None else np.where(valid, a, 0.0)
+
         outs = list(loss._class_kernel("numpy", mode, (wrt,), False).fn(x, tgt, *ps))
         names = [*loss.inputs, *loss.params]
         arg = (x, tgt, *ps)[names.index(wrt)]
         d = outs.pop(0)
         if wrt not in loss.per_class:
-            res = np.asarray((d * scale).sum())
+            res = np.asarray(masked(d * scale).sum())
             return res.reshape(np.shape(params[wrt])).astype(prep["dtype"])
-        dense = d * scale
-        at = outs.pop(0) * scale if mode == "index" and loss._index_gathers() else None
+        dense = masked(d * scale)
+        gathers = mode == "index" and loss._index_gathers()
+        at = masked(outs.pop(0) * scale) if gathers else None
         if wrt in loss.inputs:
             if at is not None:
                 # one target class per sample: add at it, no one-hot

@@ -168,6 +168,13 @@ class ClassLossFunction(torch.autograd.Function):
         scale = g if weight is None else g * weight.to(cdt)
         if valid is not None:
             scale = scale * valid.to(cdt)
+        ignored = None if valid is None else ~valid
+
+        def masked(a: torch.Tensor) -> torch.Tensor:
+            # ignored positions give exactly 0, also where the derivative at their
+            # stand-in target class is inf/nan (0 * inf would be nan); `a` is fresh
+            return a if ignored is None else a.masked_fill_(ignored, 0.0)
+
         in_place = False
         if ctx.fused is not None and not torch.is_grad_enabled():
             outs = list(ctx.fused)
@@ -200,11 +207,12 @@ class ClassLossFunction(torch.autograd.Function):
                 continue
             d = outs.pop(0)
             if n not in loss.per_class:
-                result.append((d * scale).sum().reshape(t.shape).to(t.dtype))
+                result.append(masked(d * scale).sum().reshape(t.shape).to(t.dtype))
                 continue
             own = in_place and d.shape == t.shape and d.is_contiguous() and d.dtype == cdt
-            dense = d.mul_(scale) if own else d * scale
-            at = outs.pop(0) * scale if mode == "index" and loss._index_gathers() else None
+            dense = masked(d.mul_(scale) if own else d * scale)
+            gathers = mode == "index" and loss._index_gathers()
+            at = masked(outs.pop(0) * scale) if gathers else None
             if n in loss.inputs:  # the prediction (or a probability target)
                 if at is not None:  # dense is this backward's own buffer: add in place
                     dense = dense.scatter_add_(1, target, at.to(dense.dtype))
