@@ -213,6 +213,7 @@ class CheckReport:
         param_sets: the param combinations scanned.
         quantities: ``"value"`` and the ``"d/d<name>"`` derivatives scanned.
         classes: the number of classes C of a class-axis loss (0: elementwise).
+        stopped: judging stopped at ``max_problems`` (there may be more problems).
     """
 
     loss: str
@@ -227,6 +228,7 @@ class CheckReport:
     param_sets: list[dict[str, float]] = field(default_factory=list)
     quantities: tuple[str, ...] = ()
     classes: int = 0
+    stopped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -239,6 +241,8 @@ class CheckReport:
     def summary(self) -> str:
         """One line: the verdict and what was scanned."""
         verdict = "ok" if self.ok else f"{len(self.problems)} problem(s)"
+        if self.stopped:
+            verdict += " (stopped at max_problems; there may be more)"
         rows = f"rows of C={self.classes} logits/probabilities " if self.classes else ""
         return (
             f"check({self.loss!r}): {verdict} in {self.evaluated:,} results "
@@ -720,6 +724,7 @@ def check(
     backends: Sequence[str] | None = None,
     wrt: Sequence[str] | None = None,
     device: str = "cpu",
+    max_problems: int | None = None,
 ) -> CheckReport:
     """Scan ``loss`` for ``inf``/``nan`` values and gradients at extreme inputs.
 
@@ -736,6 +741,9 @@ def check(
         wrt: names whose derivatives are scanned; default the prediction, the target and
             every param.
         device: the torch device the torch backends run on (``"cuda"``, ...).
+        max_problems: stop judging once this many problems are found (the rest of the
+            grid is still evaluated, but no true values are computed for it);
+            ``report.stopped`` says so.  None: no limit.
 
     Returns:
         A :class:`CheckReport`; ``report.ok`` is true when nothing was found.
@@ -763,7 +771,15 @@ def check(
             )
     if loss.classes:
         return _check_classes(
-            loss, predictions, targets, params, dtype_names, tuple(backends), wrt, device
+            loss,
+            predictions,
+            targets,
+            params,
+            dtype_names,
+            tuple(backends),
+            wrt,
+            device,
+            max_problems,
         )
     preds = tuple(float(v) for v in (PREDICTIONS if predictions is None else predictions))
     targs = tuple(float(v) for v in (TARGETS if targets is None else targets))
@@ -831,6 +847,9 @@ def check(
                 for quantity, out in results.items():
                     report.evaluated += out.size
                     for i in np.flatnonzero(~np.isfinite(out)):
+                        if max_problems is not None and len(report.problems) >= max_problems:
+                            report.stopped = True
+                            break
                         point = (float(p[i]), float(y[i]), *(pr[k] for k in loss.params))
                         got = float(out[i])
                         tv = truth(quantity, point)
@@ -1242,6 +1261,7 @@ def _check_classes(
     backends: Sequence[str],
     wrt: tuple[str, ...],
     device: str,
+    max_problems: int | None,
 ) -> CheckReport:
     """The scan of a class-axis loss (see the module docstring)."""
     rows, targs, n_classes = _class_grid(loss, predictions, targets)
@@ -1351,6 +1371,9 @@ def _check_classes(
                         report.evaluated += out.size
                         per_class = quantity != "value" and quantity[3:] in loss.per_class
                         for i, c in zip(*np.nonzero(~np.isfinite(out)), strict=True):
+                            if max_problems is not None and len(report.problems) >= max_problems:
+                                report.stopped = True
+                                break
                             point = class_point(loss, x[i], t_rows[i], pr)
                             if valid[i]:
                                 tv = truth(quantity, int(c), point, index)

@@ -65,7 +65,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from customloss import _validate
-from customloss.check import _adaptive, check, mp_function, true_derivative
+from customloss.check import (
+    _adaptive,
+    check,
+    class_layout,
+    class_point,
+    mp_class_function,
+    mp_function,
+    true_derivative,
+)
 
 if TYPE_CHECKING:
     from customloss.loss import Loss
@@ -197,6 +205,13 @@ class _Context:
         self.seed = seed
         self.pred, self.targ = loss.inputs
         self.names = (*loss.inputs, *loss.params)
+        #: class-axis losses: class-index targets (one position is the ignore index)
+        self.index: np.ndarray | None = None
+        if loss.classes:
+            rng = np.random.default_rng(seed + 3)
+            self.index = rng.integers(0, x.shape[1], x.shape[0])
+            self.index[-1] = int(loss.options.get("ignore_index", -100))
+        self.sample_shape = x.shape[:1] if loss.classes else x.shape
 
     def tparams(
         self, dtype: Any, device: str = "cpu", grad: bool = False, full: bool = False
@@ -207,9 +222,17 @@ class _Context:
         out = {}
         for k, v in self.params.items():
             t = torch.tensor(v, dtype=dtype, device=device)
-            if full:
+            if full and not self.loss.classes:
                 t = t.expand(self.x.shape).clone()
             out[k] = t.requires_grad_(grad)
+        return out
+
+    def targets(self) -> list[tuple[str, np.ndarray]]:
+        """The targets to check with: probabilities, and for class-axis losses class
+        indices (with one ignored position) too."""
+        out = [("probability" if self.loss.classes else "target", self.y)]
+        if self.index is not None:
+            out.append(("class-index", self.index))
         return out
 
     def tensors(self, dtype: Any, device: str = "cpu", grad: bool = False) -> tuple[Any, Any]:
@@ -239,6 +262,19 @@ def _resolved_params(loss: Loss, params: Mapping[str, Any] | None) -> dict[str, 
     for k, default in loss.params.items():
         v = params.get(k, default)
         out[k] = 1.0 if v is None else v  # a required param without a value: 1.0
+    if loss.classes:
+        # per-class params as vectors of C entries (the per-class path of the kernels):
+        # a required one 1, 2, ..., C; a scalar the same value at every class
+        n_classes = _n_classes(out)
+        for k in loss.per_class:
+            if k in out and not isinstance(out[k], (tuple, list)):
+                given = params.get(k, loss.params[k])
+                vals = (
+                    [1.0 + c for c in range(n_classes)]
+                    if given is None
+                    else [float(out[k])] * n_classes
+                )
+                out[k] = tuple(vals)
     return out
 
 
@@ -247,6 +283,12 @@ def _shape(params: Mapping[str, Any]) -> tuple[int, int]:
     if len(widths) > 1:
         raise ValueError(f"vector params of different lengths: {sorted(widths)}")
     return (3, widths.pop() if widths else 4)
+
+
+def _n_classes(params: Mapping[str, Any]) -> int:
+    """C for a class-axis loss: the length of the vector params, else 3."""
+    vector = any(isinstance(v, (tuple, list)) for v in params.values())
+    return _shape(params)[1] if vector else 3
 
 
 def sample_inputs(
@@ -280,6 +322,8 @@ def sample_inputs(
     import mpmath
 
     params = _resolved_params(loss, params)
+    if loss.classes:
+        return _sample_class_inputs(loss, params, shape or (4, _n_classes(params)), seed)
     shape = shape or _shape(params)
     n = int(np.prod(shape))
     cols = shape[-1]
@@ -310,6 +354,53 @@ def sample_inputs(
             "{0, 1} and U(0.05, 0.95); pass params= that make it defined"
         )
     return np.array(xs).reshape(shape), np.array(ys).reshape(shape)
+
+
+def _softmax(u: np.ndarray) -> np.ndarray:
+    e = np.exp(u - u.max())
+    return e / e.sum()
+
+
+def _sample_class_inputs(
+    loss: Loss, params: dict[str, Any], shape: tuple[int, ...], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sample_inputs` for a class-axis loss: ``(N, C)`` rows.
+
+    Candidate predictions: logit rows from N(0, 2) and probability rows (softmax of
+    N(0, 1)), alternately; targets: probability rows (softmax of N(0, 1)), inside the
+    simplex (an exact 0 is where ``xlogy`` switches branch: one-hot targets are
+    checked as class indices instead).  A candidate is kept when the loss, written out
+    over the C classes and evaluated in mpmath, is finite and smooth in every entry.
+    """
+    import mpmath
+
+    if len(shape) != 2 or shape[1] < 2:
+        raise ValueError(f"class-axis inputs have shape (N, C) with C >= 2; got {shape}")
+    n, n_classes = shape
+    rng = np.random.default_rng(seed)
+    fn = mp_class_function(loss, n_classes)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    tries = 0
+    while len(xs) < n and tries < 50 * n:
+        tries += 1
+        x = rng.normal(0.0, 2.0, n_classes) if tries % 2 else _softmax(rng.normal(0, 1, n_classes))
+        y = _softmax(rng.normal(0.0, 1.0, n_classes))
+        point = class_point(loss, x, y, params)
+        with mpmath.workdps(30):
+            if not mpmath.isfinite(_adaptive(fn, point)):
+                continue
+            if not all(_smooth(fn, point, i) for i in range(len(point))):
+                continue
+        xs.append(x)
+        ys.append(y)
+    if len(xs) < n:
+        raise ValueError(
+            f"loss {loss.name!r}: found only {len(xs)} of {n} samples where the loss is "
+            "defined and smooth among logit rows from N(0, 2) and probability rows, with "
+            "probability targets; pass params= that make it defined"
+        )
+    return np.array(xs), np.array(ys)
 
 
 def _smooth(fn: Callable[..., Any], point: Sequence[float], i: int, h: float = 1e-4) -> bool:
@@ -509,10 +600,12 @@ def _check_dtypes(ctx: _Context) -> str:
         dt = getattr(torch, name)
         rtol = DTYPE_RTOL[name]
         x, y = ctx.tensors(dt, grad=True)
-        # params are rounded to the input dtype by the backend; the references use the
-        # same rounded values
-        rounded = {k: torch.tensor(v, dtype=dt).double() for k, v in ctx.params.items()}
-        v = loss(x, y, reduction="none", **{k: t.to(dt) for k, t in rounded.items()})
+        # params given as numbers are converted to the compute dtype (float32 for the
+        # half types: beta = 0.999 is not rounded to bfloat16's 1.0); the references use
+        # the same values
+        cdt = torch.float64 if name == "float64" else torch.float32
+        rounded = {k: torch.tensor(v, dtype=cdt).double() for k, v in ctx.params.items()}
+        v = loss(x, y, reduction="none", **ctx.params)
         if v.dtype != dt:
             raise _Failed(f"{name} input gave a {v.dtype} loss")
         v.backward(torch.ones_like(v))
@@ -550,7 +643,7 @@ def _check_dtypes(ctx: _Context) -> str:
                         f"{name} at {int(diff.sum())} points (half precision must be "
                         "computed in float32)"
                     )
-            mean = loss(x.detach(), y.detach(), **{k: t.to(dt) for k, t in rounded.items()})
+            mean = loss(x.detach(), y.detach(), **ctx.params)
             mean32 = loss(
                 x.detach().float(), y.detach().float(), **{k: t.float() for k, t in rounded.items()}
             )
@@ -608,6 +701,7 @@ def _check_devices(ctx: _Context) -> str:
 
 def _check_extreme_values(ctx: _Context, **options: Any) -> str:
     reports = []
+    options.setdefault("max_problems", 200)  # a verdict, not an inventory: bounded cost
     for device in ctx.devices:
         report = check(ctx.loss, device=device, **options)
         if not report.ok:
@@ -749,15 +843,29 @@ def _fresh_copy(loss: Loss) -> Loss:
         _fresh_counter += 1
         tag = _fresh_counter
     renamed = {n: f"{n}_fresh{tag}" for n in loss.inputs}
-    expr = loss.expr.xreplace({loss.symbols[n]: dsl.symbol(m) for n, m in renamed.items()})
-    return LossClass(
+    sub = {loss.symbols[n]: dsl.symbol(m) for n, m in renamed.items()}
+    expr = loss.expr.xreplace(sub)
+    extra: dict[str, Any] = {}
+    if loss.classes:
+        implicit = {k for k, v in loss.params.items() if v is None or isinstance(v, tuple)}
+        imw = loss.index_mean_weight
+        extra = {
+            "classes": True,
+            "class_params": [k for k in loss.per_class if k in loss.params and k not in implicit],
+            "index_mean_weight": None if imw is None else imw.xreplace(sub),
+            "domains": {renamed[k]: d for k, d in loss.domains.items()},
+        }
+    fresh = LossClass(
         loss.name,
         expr,
         inputs=tuple(renamed.values()),
         params=loss.params,
         doc=loss.doc,
         references=loss.references,
+        **extra,
     )
+    fresh.options = dict(loss.options)
+    return fresh
 
 
 def _check_thread_safety(ctx: _Context, threads: int = 8) -> str:
@@ -829,6 +937,338 @@ _CHECK_FUNCTIONS: dict[str, Callable[..., str]] = {
 }
 
 
+# ---------------------------------------------------------------------------
+# class-axis losses (classes=True): the checks that differ
+# ---------------------------------------------------------------------------
+def _class_truth(
+    ctx: _Context,
+) -> tuple[Callable[..., Any], dict[str, int], list[tuple[float, ...]]]:
+    """The loss written out over the classes (mpmath), its layout and the sample points."""
+    n_classes = ctx.x.shape[1]
+    fn = mp_class_function(ctx.loss, n_classes)
+    _, offsets = class_layout(ctx.loss, n_classes)
+    points = [class_point(ctx.loss, ctx.x[i], ctx.y[i], ctx.params) for i in range(len(ctx.x))]
+    return fn, offsets, points
+
+
+def _width(ctx: _Context, name: str) -> int:
+    return ctx.x.shape[1] if name in ctx.loss.per_class else 1
+
+
+def _index_norm(ctx: _Context) -> np.ndarray:
+    """Per-sample denominators of the mean with class-index targets, from mpmath.
+
+    1 per sample, or the loss's ``index_mean_weight`` (``sum_c w_c y_c``: torch's
+    weighted mean) at the one-hot target; 0 at the ignored position.
+    """
+    loss, n_classes = ctx.loss, ctx.x.shape[1]
+    eye = np.eye(n_classes)
+    out = np.zeros(len(ctx.x))
+    fn = mp_class_function(loss, n_classes, loss.index_mean_weight)
+    for i, t in enumerate(ctx.index):
+        if 0 <= t < n_classes:
+            if loss.index_mean_weight is None:
+                out[i] = 1.0
+            else:
+                out[i] = float(_adaptive(fn, class_point(loss, ctx.x[i], eye[t], ctx.params)))
+    return out
+
+
+def _class_check_reference(ctx: _Context) -> str:
+    import torch
+
+    loss = ctx.loss
+    n, n_classes = ctx.x.shape
+    fn, offsets, points = _class_truth(ctx)
+    want = np.array([float(_adaptive(fn, p)) for p in points])
+    x, y = ctx.tensors(torch.float64, grad=True)
+    ps = ctx.tparams(torch.float64, grad=True)
+    v = loss(x, y, reduction="none", **ps)
+    # atol: a loss far below its terms (e.g. 3e-9 from logits times s = 30) is the
+    # difference of O(1) numbers; float64 holds it to ~1e-15 absolute, not relative
+    _close(
+        "float64 value vs mpmath of Loss.expr (classes written out)",
+        v.detach().numpy(),
+        want,
+        1e-10,
+        1e-12,
+    )
+    # class-index targets: the one-hot row; the ignored position gives 0
+    eye = np.eye(n_classes)
+    onehot = [
+        float(_adaptive(fn, class_point(loss, ctx.x[i], eye[t], ctx.params)))
+        if 0 <= t < n_classes
+        else 0.0
+        for i, t in enumerate(ctx.index)
+    ]
+    vi = loss(x.detach(), torch.tensor(ctx.index), reduction="none", **ctx.params)
+    _close(
+        "float64 value with class-index targets vs mpmath at the one-hot target",
+        vi.numpy(),
+        onehot,
+        1e-10,
+        1e-12,
+    )
+    v.backward(torch.ones_like(v))
+    tensors = {ctx.pred: x, ctx.targ: y, **ps}
+    for name in ctx.names:
+        width = _width(ctx, name)
+        fd = np.array(
+            [
+                [true_derivative(fn, p, offsets[name] + c).value for c in range(width)]
+                for p in points
+            ]
+        )
+        scale = float(np.abs(fd).max()) if fd.size else 0.0
+        grad = tensors[name].grad.numpy()
+        # the inputs' gradients are per sample; a param's is the sum over samples
+        want_g = fd if name in loss.inputs else fd.sum(axis=0).reshape(grad.shape)
+        _close(
+            f"d/d{name} (torch) vs mpmath difference quotients", grad, want_g, 1e-7, 1e-12 * scale
+        )
+        sym = loss.grad(name, given_target_sum=None)
+        shown = np.array(
+            [
+                [
+                    float(_adaptive(mp_class_function(loss, n_classes, sym, at=c), p))
+                    for c in range(width)
+                ]
+                for p in points
+            ]
+        )
+        _close(
+            f"Loss.grad({name!r}) vs mpmath difference quotients", shown, fd, 1e-7, 1e-12 * scale
+        )
+    return (
+        f"{n} samples of C={n_classes} classes: value (probability and class-index targets) "
+        f"and d/d({', '.join(ctx.names)}) match mpmath (Loss.expr and Loss.grad with the "
+        "class reductions written out, and difference quotients)"
+    )
+
+
+def _class_gradcheck_fns(ctx: _Context, gradgrad: bool) -> str:
+    import torch
+
+    fn_check = torch.autograd.gradgradcheck if gradgrad else torch.autograd.gradcheck
+    loss = ctx.loss
+    names = list(loss.params)
+    x, y = ctx.tensors(torch.float64, grad=True)
+    idx = torch.tensor(ctx.index)
+    rng = np.random.default_rng(ctx.seed + 1)
+    w = torch.tensor(
+        rng.uniform(0.5, 1.5, ctx.sample_shape), dtype=torch.float64, requires_grad=True
+    )
+    ps = list(ctx.tparams(torch.float64, grad=True).values())
+
+    def everything(x: Any, y: Any, w: Any, *ps: Any) -> Any:
+        return loss(x, y, reduction="none", weight=w, **dict(zip(names, ps, strict=True)))
+
+    def with_indices(x: Any, w: Any, *ps: Any) -> Any:
+        return loss(x, idx, reduction="sum", weight=w, **dict(zip(names, ps, strict=True)))
+
+    def prediction_only(x: Any) -> Any:
+        return loss(x, idx, reduction="mean", **ctx.params)
+
+    what = "gradgradcheck" if gradgrad else "gradcheck"
+    for label, f, args in (
+        (
+            "prediction, probability target, weight and params (reduction='none')",
+            everything,
+            (x, y, w, *ps),
+        ),
+        (
+            "prediction, weight and params, class-index targets (reduction='sum')",
+            with_indices,
+            (x, w, *ps),
+        ),
+        (
+            "prediction only, class-index targets, fused kernel (reduction='mean')",
+            prediction_only,
+            (x,),
+        ),
+    ):
+        try:
+            fn_check(f, args, eps=1e-6, atol=1e-5, rtol=1e-3)
+        except Exception as exc:  # GradcheckError or a crash inside backward
+            msg = str(exc).strip().splitlines()
+            raise _Failed(f"{what} w.r.t. {label} failed: {' '.join(msg[:6])}") from None
+    return (
+        f"float64, {ctx.x.shape[0]} samples of C={ctx.x.shape[1]}: probability and class-index "
+        "targets (one ignored), weight and params; and the fused path"
+    )
+
+
+def _class_check_gradcheck(ctx: _Context) -> str:
+    return _class_gradcheck_fns(ctx, gradgrad=False)
+
+
+def _class_check_gradgradcheck(ctx: _Context) -> str:
+    return _class_gradcheck_fns(ctx, gradgrad=True)
+
+
+def _class_check_numpy_torch(ctx: _Context) -> str:
+    import torch
+
+    loss = ctx.loss
+    for kind, target in ctx.targets():
+        index = kind == "class-index"
+        for reduction in ("none", "mean", "sum"):
+            # the weighted mean of class-index targets has no param gradients (documented)
+            params_grad = not (index and reduction == "mean" and loss.index_mean_weight is not None)
+            x = torch.tensor(ctx.x, requires_grad=True)
+            t = torch.tensor(target, requires_grad=not index)
+            ps = ctx.tparams(torch.float64, grad=params_grad)
+            v = loss(x, t, reduction=reduction, **ps)
+            nv = loss(ctx.x, target, reduction=reduction, **ctx.params)
+            where = f"{kind} targets, reduction={reduction!r}"
+            _close(f"NumPy vs torch value ({where})", nv, v.detach().numpy(), 1e-10, 1e-12)
+            v.backward(torch.ones_like(v))
+            tensors = {ctx.pred: x, ctx.targ: t, **ps}
+            for n in ctx.names:
+                if (index and n == ctx.targ) or (n in loss.params and not params_grad):
+                    continue
+                ng = loss.gradient(ctx.x, target, wrt=n, reduction=reduction, **ctx.params)
+                _close(
+                    f"NumPy Loss.gradient(wrt={n!r}) vs torch autograd ({where})",
+                    ng,
+                    tensors[n].grad.numpy(),
+                    1e-10,
+                    1e-12,
+                )
+    return (
+        f"values and gradients w.r.t. {', '.join(ctx.names)} for reductions none, mean, sum; "
+        "probability and class-index targets (one ignored)"
+    )
+
+
+def _class_check_reductions(ctx: _Context) -> str:
+    import torch
+
+    loss = ctx.loss
+    den = _index_norm(ctx).sum()
+    for kind, target in ctx.targets():
+        index = kind == "class-index"
+        for backend, (a, b) in (
+            ("torch", (torch.tensor(ctx.x), torch.tensor(target))),
+            ("numpy", (ctx.x, target)),
+        ):
+            where = f"{backend}, {kind} targets"
+            none = np.asarray(loss(a, b, reduction="none", **ctx.params), dtype=np.float64)
+            if none.shape != ctx.sample_shape:
+                raise _Failed(
+                    f"{where}: reduction='none' has shape {none.shape}, the input without its "
+                    f"class axis is {ctx.sample_shape}"
+                )
+            mean = float(loss(a, b, reduction="mean", **ctx.params))
+            total = float(loss(a, b, reduction="sum", **ctx.params))
+            if index:
+                if none[ctx.index < 0].any():
+                    raise _Failed(f"{where}: the ignored position has loss {none[ctx.index < 0]}")
+                what = "weighted by index_mean_weight" if loss.index_mean_weight is not None else ""
+                _close(
+                    f"{where}: mean vs none.sum() / (denominator {what} from mpmath)",
+                    mean,
+                    none.sum() / den,
+                    1e-12,
+                )
+            else:
+                _close(f"{where}: mean vs none.mean()", mean, none.mean(), 1e-12)
+            _close(f"{where}: sum vs none.sum()", total, none.sum(), 1e-12)
+            _close(
+                f"{where}: the default reduction is mean",
+                float(loss(a, b, **ctx.params)),
+                mean,
+                0.0,
+            )
+        buffers = {k: torch.tensor(v, dtype=torch.float64) for k, v in ctx.params.items()}
+        x, t = torch.tensor(ctx.x), torch.tensor(target)
+        for reduction in ("none", "mean", "sum"):
+            module = loss.torch(reduction=reduction, **ctx.params)
+            _close(
+                f"Loss.torch(reduction={reduction!r}), {kind} targets",
+                module(x, t).numpy(),
+                loss(x, t, reduction=reduction, **buffers).numpy(),
+                1e-12,
+            )
+    return (
+        "mean and sum equal the mean and sum of 'none' (class indices: the mean divides by "
+        "the count of non-ignored samples or the index_mean_weight sum); torch, numpy, Loss.torch()"
+    )
+
+
+def _class_check_weight(ctx: _Context) -> str:
+    import torch
+
+    loss = ctx.loss
+    rng = np.random.default_rng(ctx.seed + 2)
+    w_full = rng.uniform(0.0, 2.0, ctx.sample_shape)
+    w_one = rng.uniform(0.0, 2.0, (1,))
+    den = _index_norm(ctx).sum()
+    for kind, target in ctx.targets():
+        for backend, (a, b), wrap in (
+            ("torch", (torch.tensor(ctx.x), torch.tensor(target)), lambda w: torch.tensor(w)),
+            ("numpy", (ctx.x, target), lambda w: w),
+        ):
+            none = np.asarray(loss(a, b, reduction="none", **ctx.params), dtype=np.float64)
+            for label, w in (("per-sample", w_full), ("broadcast", w_one)):
+                wl = np.broadcast_to(w, ctx.sample_shape) * none
+                mean = wl.sum() / den if kind == "class-index" else wl.mean()
+                for reduction, want in (("mean", mean), ("sum", wl.sum()), ("none", wl)):
+                    got = np.asarray(loss(a, b, reduction=reduction, weight=wrap(w), **ctx.params))
+                    _close(
+                        f"{backend}, {kind} targets: {label} weight, reduction={reduction!r}",
+                        got,
+                        want,
+                        1e-12,
+                        1e-300,
+                    )
+    return (
+        "weight multiplies each sample's loss before reducing (per-sample and broadcast "
+        "weights; probability and class-index targets)"
+    )
+
+
+def _class_check_errors(ctx: _Context) -> str:
+    import torch
+
+    detail = _check_errors(ctx)
+    loss = ctx.loss
+    n_classes = ctx.x.shape[1]
+    bad = ctx.index.copy()
+    bad[0] = n_classes
+    per_class = [k for k in loss.params if k in loss.per_class]
+    for backend, a, wrap in (
+        ("torch", torch.tensor(ctx.x), torch.tensor),
+        ("numpy", ctx.x, np.asarray),
+    ):
+        _expect(
+            ValueError,
+            (f"class index {n_classes}",),
+            lambda a=a, wrap=wrap: loss(a, wrap(bad), **ctx.params),
+            f"{backend}: a class index outside [0, C)",
+        )
+        for k in per_class:
+            wrong = {**ctx.params, k: wrap(np.ones(n_classes + 1))}
+            _expect(
+                ValueError,
+                (repr(k),),
+                lambda a=a, wrong=wrong, wrap=wrap: loss(a, wrap(ctx.index), **wrong),
+                f"{backend}: per-class param {k!r} of length C + 1",
+            )
+    return detail + "; class index out of range and per-class params of the wrong length too"
+
+
+_CLASS_CHECK_FUNCTIONS: dict[str, Callable[..., str]] = {
+    "reference": _class_check_reference,
+    "gradcheck": _class_check_gradcheck,
+    "gradgradcheck": _class_check_gradgradcheck,
+    "numpy_torch": _class_check_numpy_torch,
+    "reductions": _class_check_reductions,
+    "weight": _class_check_weight,
+    "errors": _class_check_errors,
+}
+
+
 def default_devices() -> list[str]:
     """``["cpu"]``, plus ``"cuda"`` when torch sees a GPU."""
     import torch
@@ -868,17 +1308,11 @@ def check_loss(
 
     Raises:
         ConformanceError: a check failed (and ``raise_on_failure``).
-        NotImplementedError: a class-axis loss (``classes=True``): not covered yet.
     """
     from customloss.loss import Loss
 
     if not isinstance(loss, Loss):
         raise TypeError(f"check_loss() needs a customloss Loss, got {type(loss).__name__}")
-    if getattr(loss, "classes", False):
-        raise NotImplementedError(
-            f"check_loss(): {loss.name!r} is a class-axis loss (classes=True); the "
-            "conformance kit covers elementwise losses only in this version"
-        )
     chosen = list(CHECKS if checks is None else checks)
     skip = set(skip)
     for name in (*chosen, *skip):
@@ -908,7 +1342,12 @@ def check_loss(
             if name == "extreme_values":
                 detail = _check_extreme_values(ctx, **dict(extreme_values or {}))
             else:
-                detail = _CHECK_FUNCTIONS[name](ctx)
+                functions = (
+                    {**_CHECK_FUNCTIONS, **_CLASS_CHECK_FUNCTIONS}
+                    if loss.classes
+                    else _CHECK_FUNCTIONS
+                )
+                detail = functions[name](ctx)
             status = "passed"
         except _Failed as exc:
             status, detail = "failed", str(exc)
