@@ -12,10 +12,13 @@ import torch
 
 import customloss as cl
 from customloss.check import (
+    CLASS_TARGETS,
     PREDICTIONS,
     CheckReport,
     Problem,
     check,
+    class_targets,
+    mp_class_function,
     mp_function,
     true_derivative,
     true_value,
@@ -350,3 +353,137 @@ def test_the_module_is_callable_as_check() -> None:
     assert isinstance(report, CheckReport) and report.ok
     assert report.dtypes == ("float64",) and report.backends == ("numpy",)
     assert cl.check(mse, dtypes=["float32"]).dtypes == ("float32",)
+
+
+# ---------------------------------------------------------------------------
+# class-axis losses (classes=True)
+# ---------------------------------------------------------------------------
+def _mp_logsumexp(row: tuple[float, ...]) -> mpmath.mpf:
+    with mpmath.workdps(50):
+        m = max(row)
+        return m + mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(v) - m) for v in row))
+
+
+def test_class_scan_of_cross_entropy_is_clean_and_covers_the_grid() -> None:
+    report = check(cl.get("cross_entropy"))
+    assert report.ok, str(report)
+    assert report.classes == 3
+    assert (1e4, -1e4, 0.0) in report.predictions and (0.0, 0.0, 0.0) in report.predictions
+    assert {0, 1, 2, -100} <= set(report.targets)  # every class and the ignore index
+    assert (1.0, 0.0, 0.0) in report.targets and (0.5, 0.5, 0.0) in report.targets
+    assert set(report.quantities) == {
+        "value",
+        "d/dz",
+        "d/dy",
+        "d/dclass_weight",
+        "d/dlabel_smoothing",
+    }
+    assert report.evaluated > 10_000
+    assert "rows of C=3" in report.summary()
+    assert class_targets(3) == CLASS_TARGETS
+
+
+def test_naive_class_loss_overflow_is_reported_with_mpmath_truth() -> None:
+    # log(sum_c exp(x_c) / sum_c y_c exp(x_c)): the cross-entropy, written so that the
+    # stability pass cannot rescue it: exp(1e4) overflows (inf/inf, or inf/finite).
+    naive = cl.define(
+        "naive_ce", "log(csum(exp(x))/csum(y*exp(x)))", inputs=("x", "y"), classes=True
+    )
+    report = check(naive, dtypes=["float32"], wrt=("x",))
+    assert not report.ok
+    values = [p for p in report.problems if p.quantity == "value"]
+    assert values
+    for p in values:
+        assert isinstance(p.input, tuple) and len(p.input) == 3
+        if isinstance(p.target, int):
+            assert 0 <= p.target < 3  # ignored samples are 0, never reported
+            want = _mp_logsumexp(p.input) - p.input[p.target]
+        else:
+            with mpmath.workdps(50):
+                num = mpmath.fsum(mpmath.exp(mpmath.mpf(v)) for v in p.input)
+                den = mpmath.fsum(
+                    w * mpmath.exp(mpmath.mpf(v)) for v, w in zip(p.input, p.target, strict=True)
+                )
+                want = mpmath.log(num / den)
+        assert p.expected == pytest.approx(float(want), rel=1e-9)
+        # only where exp overflows (or all of a row underflows) in float32
+        assert max(abs(v) for v in p.input) >= 100.0
+    hits = {(p.input, p.target) for p in values}
+    assert ((1e4, -1e4, 0.0), 2) in hits  # true value 1e4, fits float32
+    text = report.format(limit=None)
+    assert "input=(10000, -10000, 0) target=class 2: value is" in text
+    # per-class gradient components, named d/dx[c]: softmax(x)_c - [c == t]
+    grads = [p for p in report.problems if p.quantity.startswith("d/dx[")]
+    assert grads
+    for p in grads:
+        if isinstance(p.target, int):
+            c = int(p.quantity[5])
+            with mpmath.workdps(50):
+                want = mpmath.exp(p.input[c] - _mp_logsumexp(p.input)) - (c == p.target)
+            assert p.expected == pytest.approx(float(want), rel=1e-9, abs=1e-300)
+    # the same loss on moderate logits is right: nothing below exp's overflow
+    assert check(naive, predictions=[(5.0, 0.0, -5.0)], dtypes=["float32"]).ok
+
+
+def test_ignored_samples_give_zero_gradient_even_at_zero_probability() -> None:
+    # an ignored position contributes nothing: no 0 * inf = nan from its stand-in
+    # target class having probability 0 (found by the class scan)
+    cce = cl.get("categorical_crossentropy")
+    q = torch.tensor([[0.0, 0.5, 0.5], [0.2, 0.3, 0.5]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([-100, 2])
+    cce(q, t, reduction="sum").backward()
+    assert torch.equal(q.grad[0], torch.zeros(3, dtype=torch.float64))
+    # the other sample: d/dq (-log q_2) = -1/q_2, as torch's nll_loss of log q
+    qr = q.detach().clone().requires_grad_()
+    torch.nn.functional.nll_loss(qr.log(), t, reduction="sum").backward()
+    assert torch.allclose(q.grad[1], qr.grad[1])
+    g = cce.gradient(q.detach().numpy(), t.numpy(), reduction="sum")
+    assert np.array_equal(g[0], np.zeros(3)) and np.allclose(g[1], qr.grad[1].numpy())
+    report = check(cce, predictions=[(0.0, 0.5, 0.5)], targets=[-100, 1, 2])
+    assert report.ok, str(report)
+
+
+def test_expanded_class_function_matches_closed_forms() -> None:
+    ce = cl.get("cross_entropy")
+    fn = mp_class_function(ce, 3)
+    z, y = (2.0, -1.0, 0.5), (0.2, 0.3, 0.5)
+    w, eps = (1.0, 2.0, 3.0), 0.1
+    with mpmath.workdps(50):
+        lse = _mp_logsumexp(z)
+        ys = [(1 - eps) * v + eps / 3 for v in y]
+        want = -mpmath.fsum(wc * yc * (zc - lse) for wc, yc, zc in zip(w, ys, z, strict=True))
+        got = fn(*z, *y, *w, eps)
+    assert float(got) == pytest.approx(float(want), rel=1e-14)
+    # ldam's cmax: margins max_margin * n^-1/4 / max_c n_c^-1/4
+    ldam = cl.get("ldam")
+    counts = (1.0, 16.0, 81.0)
+    m = [0.5 * c**-0.25 / 1.0 for c in counts]
+    zz = [30 * (zc - mc * yc) for zc, mc, yc in zip(z, m, (0.0, 1.0, 0.0), strict=True)]
+    want = -(zz[1] - _mp_logsumexp(tuple(zz)))
+    got = mp_class_function(ldam, 3)(*z, 0.0, 1.0, 0.0, *counts, 0.5, 30.0)
+    assert float(got) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_class_scan_argument_errors_name_the_problem() -> None:
+    ce = cl.get("cross_entropy")
+    with pytest.raises(ValueError, match="rows of one length C >= 2"):
+        check(ce, predictions=[(1.0, 2.0), (1.0, 2.0, 3.0)])
+    with pytest.raises(ValueError, match="predictions must be rows of C values"):
+        check(ce, predictions=[1.0, 2.0])
+    with pytest.raises(
+        ValueError, match=r"class index 3 outside \[0, 3\) and not the ignore_index -100"
+    ):
+        check(ce, predictions=[(0.0, 0.0, 0.0)], targets=[3])
+    with pytest.raises(ValueError, match="has 2 values; the predictions have C=3"):
+        check(ce, predictions=[(0.0, 0.0, 0.0)], targets=[(0.5, 0.5)])
+    with pytest.raises(ValueError, match="class index .int. or a probability row"):
+        check(ce, predictions=[(0.0, 0.0, 0.0)], targets=[0.5])
+
+
+def test_max_problems_bounds_the_work() -> None:
+    naive = cl.define(
+        "naive_ce_cap", "log(csum(exp(x))/csum(y*exp(x)))", inputs=("x", "y"), classes=True
+    )
+    report = check(naive, dtypes=["float32"], max_problems=3)
+    assert len(report.problems) == 3 and report.stopped
+    assert "stopped at max_problems" in report.summary()
