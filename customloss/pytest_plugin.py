@@ -20,9 +20,7 @@ Options: ``--customloss-pattern=GLOB`` limits the names (``fnmatch``, as
 off, e.g. ``--customloss-skip=pickling``.  The same settings can live in the ini file as
 ``customloss_pattern`` and ``customloss_skip``.
 
-Class-axis losses (``classes=True``) are not covered by the kit yet: their conformance
-tests are marked ``xfail(strict=True, raises=NotImplementedError)`` so that they turn into
-failures, asking for the mark to go, once the kit covers them.
+Class-axis losses (``classes=True``) are checked like the others.
 """
 
 from __future__ import annotations
@@ -33,8 +31,6 @@ from typing import Any
 import pytest
 
 __all__ = ["ConformanceItem"]
-
-_CLASS_AXIS_REASON = "the conformance kit does not cover class-axis losses (classes=True) yet"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -92,11 +88,6 @@ def registered_names(config: pytest.Config) -> list[str]:
 
 
 def _marks(name: str) -> list[pytest.MarkDecorator]:
-    loss = _registry().get(name)
-    if getattr(loss, "classes", False):
-        return [
-            pytest.mark.xfail(strict=True, raises=NotImplementedError, reason=_CLASS_AXIS_REASON)
-        ]
     return []
 
 
