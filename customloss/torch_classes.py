@@ -48,9 +48,14 @@ def _prepare(
         idx = target.long().reshape(keep_shape)
         valid = idx != ignore_index
         bad = valid & ((idx < 0) | (idx >= n_classes))
-        if bool(bad.any()):
+        # one read-back for both questions (a GPU synchronises once)
+        any_bad, any_ignored = torch.stack([bad.any(), ~valid.all()]).tolist()
+        if any_bad:
             raise _validate.out_of_range_index(int(idx[bad][0]), n_classes, ignore_index)
-        tgt = torch.where(valid, idx, torch.zeros_like(idx))
+        if any_ignored:
+            tgt = torch.where(valid, idx, torch.zeros_like(idx))
+        else:  # nothing ignored: no masking passes in forward or backward
+            tgt, valid = idx, None
         mode = "index"
     else:
         _validate.check_probability_target(input.shape, target.shape)
@@ -132,9 +137,11 @@ class ClassLossFunction(torch.autograd.Function):
         if reduction == "mean":
             if mode == "index":
                 if norm is not None:
-                    den = torch.where(valid, norm, torch.zeros_like(norm)).sum()
-                else:
+                    den = (norm if valid is None else torch.where(valid, norm, 0.0)).sum()
+                elif valid is not None:
                     den = valid.sum().to(cdt)
+                else:
+                    den = torch.tensor(float(values.numel()), dtype=cdt, device=values.device)
             else:
                 den = torch.tensor(float(values.numel()), dtype=cdt, device=values.device)
             out = values.sum() / den
@@ -188,13 +195,16 @@ class ClassLossFunction(torch.autograd.Function):
                 target if mode == "index" else target.to(cdt),
                 *(p.to(cdt) for p in params),
             ]
-            kernel = loss._class_kernel("torch", mode, wrt, want_w, ctx.zeros)
-            outs = list(kernel.fn(*args))
-            value = None
-            if want_w:
-                value = outs.pop(0)
-                if mode == "index" and loss.index_mean_weight is not None:
-                    outs.pop(0)
+            # the value is always part of the recompute kernel: without a graph this is
+            # the kernel the fused forward ran, so a second backward gives the same bits
+            kernel = loss._class_kernel("torch", mode, wrt, True, ctx.zeros)
+            run = (
+                kernel.fn if torch.is_grad_enabled() else fast.kernel_callable(kernel, tuple(args))
+            )
+            outs = list(run(*args))
+            value = outs.pop(0)
+            if mode == "index" and loss.index_mean_weight is not None:
+                outs.pop(0)
         result: list[torch.Tensor | None] = [None] * 7
         if want_w:
             v = value * g

@@ -300,30 +300,8 @@ def test_sample_inputs_refuses_a_nowhere_defined_loss() -> None:
 # every registered loss (built-ins and installed plugins)
 # ---------------------------------------------------------------------------
 # Known failures, found by this kit; strict, so each turns red once fixed (remove it then).
-ROBUST_SCAN = (
-    "customloss-robust plugin: not stable for residuals to 1e30 in float32 "
-    "((x/c)**2 overflows: inf/nan where the true value is finite; d/dc 0*inf)"
-)
 KNOWN_FAILURES = {
     "weighted_sq": "example plugin weighted_sq: 0 * inf = nan at residual 1e30 in float32",
-    "cauchy": ROBUST_SCAN,
-    "charbonnier": ROBUST_SCAN,
-    "geman_mcclure": ROBUST_SCAN,
-    "general_robust": ROBUST_SCAN,
-    "welsch": ROBUST_SCAN,
-}
-
-
-# Class-axis built-ins: findings of the kit (strict: each turns red once fixed).
-CLASS_BALANCED = (
-    "gradcheck: the fused backward of class-index targets is not reentrant (a second "
-    "backward recomputes with another kernel: last-bit differences); float32 d/dinput "
-    "off by ~1e-4 relative (1 - beta**counts cancels for beta = 0.999)"
-)
-CLASS_KNOWN_FAILURES = {
-    "class_balanced": CLASS_BALANCED,
-    "class_balanced_bce": CLASS_BALANCED,
-    "class_balanced_focal": CLASS_BALANCED,
     "softmax_focal": (
         "extreme values: d/dy is nan where a target entry is 0 (log y inside the stable "
         "log-sum-exp), d/dz and d/dgamma nan as p_t -> 1 in float32"
@@ -335,10 +313,7 @@ def _registered() -> list[Any]:
     out = []
     for name in cl.names():
         marks = []
-        if name in CLASS_KNOWN_FAILURES:
-            marks.append(pytest.mark.xfail(strict=True, raises=ConformanceError,
-                                           reason=CLASS_KNOWN_FAILURES[name]))  # fmt: skip
-        elif name in KNOWN_FAILURES:
+        if name in KNOWN_FAILURES:
             marks.append(pytest.mark.xfail(strict=True, raises=ConformanceError,
                                            reason=KNOWN_FAILURES[name]))  # fmt: skip
         out.append(pytest.param(name, id=name, marks=marks))
