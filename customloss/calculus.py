@@ -311,7 +311,12 @@ def _guard_products(expr: sympy.Expr) -> sympy.Expr:
     * ``Heaviside(u) * X`` (from ``d Max/dx``) becomes ``where(u > 0, X, ...)``: where
       the branch is not taken the product is 0 even if ``X`` is infinite there (the
       derivative of ``max(log p, -100)`` at ``p = 0``).
-    * ``b**e * log(b)`` (from ``d b**e / de``) is 0 where ``b == 0`` and ``e > 0``.
+    * ``b**e * log(b)`` (from ``d b**e / de``) is 0 where ``b == 0`` and ``e > 0``;
+      likewise ``b**e * log1p(x)`` with ``b = 1 + x``.
+    * ``x / expm1(x)`` (from ``d (-expm1(x))**e / dx`` times a factor ``x``, the focal
+      loss as ``p_t -> 1``) is 1 at ``x == 0``, not ``0/0``.
+    * ``exp(a + log(b)) / b`` (from differentiating ``logsumexp(z + log(y))`` by a
+      target ``y``) is ``exp(a)``, also at ``b == 0``.
     """
 
     def rule(m: sympy.Expr) -> sympy.Expr:
@@ -327,11 +332,29 @@ def _guard_products(expr: sympy.Expr) -> sympy.Expr:
                     (rest, u > 0), (h0 * rest, sympy.Eq(u, 0)), (sympy.S.Zero, True)
                 )
         logs = {f.args[0]: f for f in factors if isinstance(f, sympy.log)}
+        logs.update({1 + f.args[0]: f for f in factors if isinstance(f, log1p)})
         for f in factors:
             if f.is_Pow and f.base in logs and f.exp.free_symbols:
                 return sympy.Piecewise(
                     (sympy.S.Zero, sympy.And(sympy.Eq(f.base, 0), f.exp >= 0)), (m, True)
                 )
+        for f in factors:
+            if f.is_Pow and f.exp == -1:
+                for g in factors:
+                    if isinstance(g, (sympy.exp, KeptExp)) and isinstance(g.args[0], sympy.Add):
+                        log_b = sympy.log(f.base)
+                        if log_b in g.args[0].args:
+                            rest = [h for h in factors if h is not f and h is not g]
+                            return g.func(g.args[0] - log_b) * sympy.Mul(*rest)
+        for f in factors:
+            if f.is_Pow and f.exp == -1 and isinstance(f.base, expm1):
+                x = f.base.args[0]
+                for sign in (1, -1):
+                    if sign * x in factors:
+                        rest = [g for g in factors if g is not f]
+                        rest.remove(sign * x)
+                        ratio = sympy.Piecewise((sympy.S.One, sympy.Eq(x, 0)), (x / f.base, True))
+                        return sign * ratio * sympy.Mul(*rest)
         return m
 
     return expr.replace(lambda e: isinstance(e, sympy.Mul), rule)

@@ -316,3 +316,45 @@ def test_second_backward_with_retain_graph(reduction):
     (g2,) = torch.autograd.grad(ours, z)
     torch.testing.assert_close(g1, g_ref)
     torch.testing.assert_close(g2, g_ref)
+
+
+def _focal_reference(z, t, gamma):
+    """d/dz and d/dgamma of -(1 - p_t)**gamma * log p_t, in mpmath at 50 digits."""
+    import mpmath
+
+    with mpmath.workdps(50):
+        zs = [mpmath.mpf(float(v)) for v in z]
+        lse = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in zs))
+        lpt = zs[t] - lse
+        u = -mpmath.expm1(lpt)
+        g = mpmath.mpf(gamma)
+        # dL/dlog p_t = u**gamma * (gamma * p_t * log p_t / u - 1); log p_t / u -> -1
+        ratio = lpt / u if u != 0 else mpmath.mpf(-1)
+        d_lpt = u**g * (g * mpmath.exp(lpt) * ratio - 1)
+        d_z = [d_lpt * ((1 if j == t else 0) - mpmath.exp(v - lse)) for j, v in enumerate(zs)]
+        d_gamma = -(u**g) * mpmath.log(u) * lpt if u != 0 else mpmath.mpf(0)
+        return [float(d) for d in d_z], float(d_gamma)
+
+
+@pytest.mark.parametrize("gamma", [0.25, 0.5, 2.0])
+@pytest.mark.parametrize("index", [True, False])
+def test_softmax_focal_gradients_finite_as_p_t_tends_to_one(gamma, index):
+    # float32 rounds 1 - p_t to 0 for the first rows: the derivative used to be
+    # (1 - p_t)**gamma * 0/0 there (nan); the limit is finite (0 for gamma > 0).
+    rows = [[1e4, 0, 0], [30.0, 0, 0], [20.0, -1, 3], [12.0, 0, 0], [5.0, 0, 0], [0.0, 0, 0]]
+    z = torch.tensor(rows, dtype=torch.float32, requires_grad=True)
+    t = torch.zeros(len(rows), dtype=torch.long)
+    g = torch.tensor(gamma, dtype=torch.float32, requires_grad=True)
+    target = t if index else F.one_hot(t, 3).float()
+    cl.get("softmax_focal")(z, target, gamma=g, reduction="sum").backward()
+    refs = [_focal_reference(r, 0, gamma) for r in z.detach().tolist()]
+    want_z = torch.tensor([r[0] for r in refs], dtype=torch.float64)
+    want_g = sum(r[1] for r in refs)
+    assert torch.isfinite(z.grad).all() and torch.isfinite(g.grad)
+    torch.testing.assert_close(z.grad.double(), want_z, atol=1e-6, rtol=1e-4)
+    assert g.grad.item() == pytest.approx(want_g, rel=1e-4, abs=1e-6)
+    grad_np = cl.get("softmax_focal").gradient(
+        z.detach().numpy(), target.numpy(), gamma=gamma, reduction="sum"
+    )
+    assert np.isfinite(grad_np).all()
+    np.testing.assert_allclose(grad_np, want_z.numpy(), atol=1e-6, rtol=1e-4)
