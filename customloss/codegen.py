@@ -126,6 +126,9 @@ class KernelPrinter(StrPrinter):
     def _print__NegAbsExp(self, expr: Any) -> str:
         return f"R.exp(-R.abs({self._print(expr.args[0])}))"
 
+    def _print__ZeroTimes(self, expr: Any) -> str:
+        return f"R.zero_times({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+
     def _print_Heaviside(self, expr: sympy.Heaviside) -> str:
         h0 = expr.args[1] if len(expr.args) > 1 else sympy.S.Half
         return f"R.heaviside({self._print(expr.args[0])}, {float(h0)!r})"
@@ -195,6 +198,66 @@ class _SignSelect(sympy.Function):
     become SymPy's ``ITE``)."""
 
     nargs = 3
+
+
+class _ZeroTimes(sympy.Function):
+    """``f * g`` that is exactly 0 where ``f`` is 0, also where ``g`` overflowed to inf.
+
+    Made by :func:`guard_vanishing_products`, printed as ``R.zero_times(f, g)``.
+    """
+
+    nargs = 2
+
+
+def _overflows(g: sympy.Expr) -> bool:
+    """A factor that overflows to inf while its true value is finite: a power with a
+    constant exponent above 1 of a non-constant base (``x**2``), or ``exp`` of a
+    non-constant argument (a ratio of softmax probabilities, ``exp(z_j - z_t)``)."""
+    from customloss.calculus import CLogSumExp, KeptExp
+
+    if isinstance(g, (sympy.exp, KeptExp)):
+        a = g.args[0]
+        # exp(w - logsumexp(w)) is a softmax probability: at most 1
+        softmax = any(a + lse == lse.args[0] for lse in a.atoms(CLogSumExp))
+        return not a.is_number and not softmax
+    return isinstance(g, sympy.Pow) and g.exp.is_number and bool(g.exp > 1) and not g.base.is_number
+
+
+def guard_vanishing_products(expr: sympy.Expr) -> sympy.Expr:
+    """Products of a polynomial factor and a power like ``x**2``: 0 where the factor is 0.
+
+    ``y * (p - y)**2`` at ``y = 0`` and ``|p| = 1e30`` in float32 is ``0 * inf = nan``
+    while its true value is 0: the square overflowed, the factor is exactly 0.  Such
+    products (in the value and in every derivative, *after* differentiation, so no
+    derivative is changed) become ``_ZeroTimes(factor, rest)``, which is ``factor *
+    rest`` except that an exact 0 factor gives 0 when ``rest`` is ``inf`` (a ``nan`` in
+    ``rest`` still propagates; an infinite *input* gives 0 there too, not nan).  The
+    runtimes write it ``factor * where(factor == 0 & isinf(rest), 0, rest)``, so autograd
+    through a recomputed kernel (``create_graph``) still gets ``d/dfactor = rest``.  The factor is the product of the polynomial,
+    non-constant factors (``y``, ``w - 1``, ``1 + (w - 1)*y``, ``csum(alpha*y)``);
+    ``rest`` holds the rest; the overflowing factors are powers like ``x**2`` and
+    ``exp`` of a non-constant argument.
+    Only products that hold such a power are touched, so most kernels are unchanged.
+    """
+
+    from customloss.calculus import CSum
+
+    def polynomial(a: sympy.Expr) -> bool:
+        # class sums of polynomials (csum(alpha*y)) count as variables
+        sums = {c: sympy.Dummy() for c in a.atoms(CSum) if polynomial(c.args[0])}
+        a = a.xreplace(sums) if sums else a
+        return not a.atoms(sympy.Function) and a.is_polynomial(*a.free_symbols)
+
+    def visit(node: sympy.Expr) -> sympy.Expr:
+        if not node.is_Mul or not any(_overflows(a) for a in node.args):
+            return node
+        zero = [a for a in node.args if not a.is_number and not _overflows(a) and polynomial(a)]
+        if not zero:
+            return node
+        rest = [a for a in node.args if a not in zero]
+        return _ZeroTimes(sympy.Mul(*zero), sympy.Mul(*rest))
+
+    return expr.replace(lambda n: n.is_Mul, visit)
 
 
 def lower_for_speed(exprs: Sequence[sympy.Expr]) -> list[sympy.Expr]:
@@ -301,7 +364,7 @@ def generate_kernel(
     for i, (sym, _, _) in enumerate(prelude):
         names[sym] = f"_g{i}"
     printer = KernelPrinter(names, ref)
-    exprs = [e for _, e in outputs]
+    exprs = [guard_vanishing_products(e) for _, e in outputs]
     if fast:
         exprs = lower_for_speed(exprs)
     temps = sympy.numbered_symbols("_t")

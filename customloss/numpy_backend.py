@@ -74,6 +74,12 @@ class _NumpyOps:
         return np.where(cond, a, b).astype(ref.dtype, copy=False)
 
     @staticmethod
+    def zero_times(f: Any, g: Any) -> Any:
+        """``f * g``, with ``g = inf`` read as 0 where ``f == 0`` (``0 * inf``: an overflow)."""
+        g = np.asarray(g)
+        return np.multiply(f, np.where((np.asarray(f) == 0) & np.isinf(g), np.zeros_like(g), g))
+
+    @staticmethod
     def spow(b: Any, e: Any) -> Any:
         """``b**e`` whose base is kept off zero where the exponent is negative.
 

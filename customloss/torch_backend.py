@@ -99,6 +99,16 @@ class _TorchOps:
         return torch.where(cond, a, b)
 
     @staticmethod
+    def zero_times(f: Any, g: Any) -> Any:
+        """``f * g``, with ``g = inf`` read as 0 where ``f == 0`` (``0 * inf``: an overflow).
+
+        Written ``f * where(...)`` so autograd (create_graph) still sees ``d/df = g``.
+        """
+        if not isinstance(g, torch.Tensor):
+            return f * g
+        return f * torch.where((f == 0) & torch.isinf(g), torch.zeros_like(g), g)
+
+    @staticmethod
     def spow(b: Any, e: Any) -> torch.Tensor:
         """``b**e`` with the base kept off zero where the exponent is negative.
 

@@ -9,6 +9,7 @@ import pytest
 import sympy
 import torch
 
+import customloss as cl
 from customloss import codegen, dsl, numpy_backend, torch_backend
 
 x, y, k = dsl.symbol("x"), dsl.symbol("y"), dsl.symbol("k")
@@ -83,3 +84,63 @@ def test_unknown_function_is_named():
 def test_constants_are_folded_to_floats():
     kern = codegen.generate_kernel("k", [x], [("v", x * sympy.log(2))], numpy_backend.RUNTIME)
     assert repr(math.log(2)) in kern.source
+
+
+# ---------------------------------------------------------------------------
+# 0 * inf where a polynomial factor is exactly 0 and a square overflowed
+# ---------------------------------------------------------------------------
+def _wsq():
+    return cl.define(
+        "wsq_guard", "(1 + (w - 1)*y) * (p - y)**2", inputs=("p", "y"), params={"w": 3.0}
+    )
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_vanishing_factor_times_overflowed_square_is_zero(backend):
+    # float32, p = 1e30: (p - y)**2 overflows. True values (closed form):
+    # value at w = 0, y = 1: (1 + (0 - 1)*1) * x**2 = 0; d/dw at y = 0: y * x**2 = 0
+    loss = _wsq()
+    p = np.array([1e30, -1e30, 1e30], dtype=np.float32)
+    y = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    if backend == "numpy":
+        v = loss(p, y, reduction="none", w=0.0)
+        dw = loss.gradient(p, y, wrt="w", reduction="none", w=0.0)
+    else:
+        pt, yt = torch.from_numpy(p), torch.from_numpy(y)
+        w = torch.tensor(0.0, requires_grad=True)
+        vt = loss(pt, yt, reduction="none", w=w)
+        v = vt.detach().numpy()
+        # (element 0's d/dw is truly 1e60: inf; autograd's 0 * inf when selecting from
+        # it would be nan, so the gradient is taken of element 1 alone)
+        (dwt,) = torch.autograd.grad(loss(pt[1:2], yt[1:2], reduction="sum", w=w), w)
+        dw = np.array([np.nan, float(dwt), np.nan])
+    assert v[0] == 0.0  # the true value; 0 * inf = nan before the guard
+    assert np.isinf(v[1]) and np.isinf(v[2])  # (1 - y) x**2 = 1e60: beyond float32
+    assert dw[1] == 0.0
+
+
+def test_guard_keeps_nan_and_second_derivatives():
+    loss = _wsq()
+    # NaN in the overflowing factor still propagates
+    v = loss(
+        np.array([np.nan], dtype=np.float32),
+        np.array([0.0], dtype=np.float32),
+        reduction="none",
+        w=0.0,
+    )
+    assert np.isnan(v[0])
+    # d2/(dw dy) of (1 + (w-1) y) x**2 at y = 0 (the factor is exactly 0 there) is
+    # x**2 - 2 (w-1)... by hand: d/dw = y x**2, d/dy of that = x**2 - 2 y x = x**2
+    p = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    y = torch.tensor([0.0, 0.0], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    out = loss(p, y, reduction="sum", w=w)
+    (dw,) = torch.autograd.grad(out, w, create_graph=True)
+    (dwdy,) = torch.autograd.grad(dw, y)
+    torch.testing.assert_close(dwdy, (p - 0.0) ** 2)
+
+
+def test_guard_leaves_plain_squares_alone():
+    mse = cl.define("mse_guard", "(p - y)**2", inputs=("p", "y"))
+    assert "zero_times" not in mse.source()
+    assert "zero_times" in _wsq().source()

@@ -300,13 +300,7 @@ def test_sample_inputs_refuses_a_nowhere_defined_loss() -> None:
 # every registered loss (built-ins and installed plugins)
 # ---------------------------------------------------------------------------
 # Known failures, found by this kit; strict, so each turns red once fixed (remove it then).
-KNOWN_FAILURES = {
-    "weighted_sq": "example plugin weighted_sq: 0 * inf = nan at residual 1e30 in float32",
-    "softmax_focal": (
-        "extreme values: with alpha = 0, d/dy is 0 * inf = nan at a 0 target entry "
-        "where p_j / p_t overflows (true value 0)"
-    ),
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _registered() -> list[Any]:
