@@ -224,6 +224,7 @@ class LossFunction(torch.autograd.Function):
             kernel = loss._kernel("torch", (pred,), value=True, fast=True)
             values, dinput = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
             ctx.fused_grad = dinput
+            ctx.fused_owned = _owned(dinput, (input, target, weight, *params, *args, values))
         else:
             kernel = loss._kernel("torch", (), fast=True)
             (values,) = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
@@ -283,7 +284,13 @@ class LossFunction(torch.autograd.Function):
         for n, t in zip(names, (input, target, *params), strict=False):
             if n in grads:
                 d = grads[n]
-                if in_place and d.shape == t.shape and d.is_contiguous() and d.dtype == cdt:
+                if (
+                    in_place
+                    and ctx.fused_owned
+                    and d.shape == t.shape
+                    and d.is_contiguous()
+                    and d.dtype == cdt
+                ):
                     d = d.mul_(scale)
                 else:
                     d = d * scale
@@ -291,6 +298,23 @@ class LossFunction(torch.autograd.Function):
             else:
                 result.append(None)
         return tuple(result)
+
+
+def _owned(t: Any, others: tuple[Any, ...]) -> bool:
+    """Whether ``t`` shares no storage with any of ``others`` (which must not list ``t``
+    itself): safe to modify in place.
+
+    A generated kernel may return one of its arguments unchanged (``d/dp (p*y) = y``;
+    ``R.expand`` and ``.to(dtype)`` do not copy), or one buffer twice (the value and the
+    derivative of ``exp(p)``); scaling such a tensor in place would change the caller's
+    input, target, param or loss.
+    """
+    if not isinstance(t, torch.Tensor):
+        return False
+    ptr = t.untyped_storage().data_ptr()
+    return not any(
+        isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() == ptr for o in others
+    )
 
 
 def _check_tensor(x: Any, what: str) -> torch.Tensor:

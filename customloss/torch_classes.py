@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from customloss import _validate, fast
-from customloss.torch_backend import _HALF, _as_tensor, _float_input, _sum_to, _target_tensor
+from customloss.torch_backend import (
+    _HALF,
+    _as_tensor,
+    _float_input,
+    _owned,
+    _sum_to,
+    _target_tensor,
+)
 
 if TYPE_CHECKING:
     from customloss.loss import Loss
@@ -129,6 +136,13 @@ class ClassLossFunction(torch.autograd.Function):
         values = outs[0]
         norm = outs[1] if has_norm else None
         ctx.fused = outs[2 if has_norm else 1 :] if only_input else None
+        if ctx.fused is not None:  # which saved buffers are ours alone (see _owned)
+            start = 2 if has_norm else 1
+            inputs = (x, target, weight, valid, *params, *args)
+            ctx.owned = [
+                _owned(outs[i], (*inputs, *outs[:i], *outs[i + 1 :]))
+                for i in range(start, len(outs))
+            ]
         if valid is not None:
             values = torch.where(valid, values, torch.zeros_like(values))
         if weight is not None:
@@ -182,9 +196,10 @@ class ClassLossFunction(torch.autograd.Function):
             # stand-in target class is inf/nan (0 * inf would be nan); `a` is fresh
             return a if ignored is None else a.masked_fill_(ignored, 0.0)
 
-        in_place = False
+        in_place, owned = False, []
         if ctx.fused is not None and not torch.is_grad_enabled():
             outs = list(ctx.fused)
+            owned = list(ctx.owned)
             # used once: the saved buffers become the gradient (scaled in place); a
             # second backward (retain_graph=True) recomputes from the saved inputs
             ctx.fused, in_place = None, True
@@ -219,7 +234,13 @@ class ClassLossFunction(torch.autograd.Function):
             if n not in loss.per_class:
                 result.append(masked(d * scale).sum().reshape(t.shape).to(t.dtype))
                 continue
-            own = in_place and d.shape == t.shape and d.is_contiguous() and d.dtype == cdt
+            own = (
+                in_place
+                and owned[0]
+                and d.shape == t.shape
+                and d.is_contiguous()
+                and d.dtype == cdt
+            )
             dense = masked(d.mul_(scale) if own else d * scale)
             gathers = mode == "index" and loss._index_gathers()
             at = masked(outs.pop(0) * scale) if gathers else None

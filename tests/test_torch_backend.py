@@ -315,3 +315,52 @@ def test_numpy_equals_torch(x, g, a, reduction):
     np.testing.assert_allclose(
         FOCAL.gradient(x, y, g=g, a=a, reduction="sum"), xt.grad.numpy(), rtol=1e-9, atol=1e-300
     )
+
+
+# ---------------------------------------------------------------------------
+# the in-place backward never writes into the caller's tensors
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "src, grad",
+    [
+        ("p*y", lambda p, y: y),  # d/dp is the target itself
+        ("p**2/2 - y", lambda p, y: p),  # d/dp is the input itself
+        ("exp(p) - y", lambda p, y: torch.exp(p)),  # value and d/dp are one buffer
+    ],
+)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_backward_leaves_inputs_targets_and_outputs_alone(src, grad, reduction):
+    loss = cl.define("alias_" + str(abs(hash(src))), src, inputs=("p", "y"))
+    p0 = torch.randn(6, dtype=torch.float64)
+    y0 = torch.randn(6, dtype=torch.float64)
+    p, y = p0.clone().requires_grad_(), y0.clone()
+    out = loss(p, y, reduction=reduction)
+    out_before = out.detach().clone()
+    out.sum().backward()
+    assert torch.equal(p.detach(), p0) and torch.equal(y, y0)
+    assert torch.equal(out.detach(), out_before)
+    scale = 1 / 6 if reduction == "mean" else 1.0
+    torch.testing.assert_close(p.grad, grad(p0, y0) * scale)
+
+
+def test_class_backward_leaves_inputs_targets_and_params_alone():
+    half_sq = cl.define("alias_half_sq", "csum(z**2)/2", inputs=("z", "y"), classes=True)
+    lin = cl.define(
+        "alias_lin",
+        "csum(alpha*z) + 0*csum(y)",
+        inputs=("z", "y"),
+        params={"alpha": None},
+        classes=True,
+    )
+    z0 = torch.randn(3, 4, dtype=torch.float64)
+    z = z0.clone().requires_grad_()
+    half_sq(z, torch.tensor([0, 1, 2]), reduction="mean").backward()
+    assert torch.equal(z.detach(), z0)
+    torch.testing.assert_close(z.grad, z0 / 3)  # d/dz of mean_n sum_c z^2/2
+    alpha = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    z = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    lin(z, torch.tensor([0]), alpha=alpha, reduction="none").backward(
+        torch.tensor([0.5], dtype=torch.float64)
+    )
+    assert alpha.tolist() == [1.0, 2.0, 3.0, 4.0]
+    torch.testing.assert_close(z.grad, 0.5 * alpha[None])
