@@ -142,8 +142,9 @@ def class_balanced(base: str = "ce") -> Loss:
         # (1 - beta) cancels in the normalisation; 1 - beta**n is written as
         # 1 - exp(n log beta), which the compilers turn into -expm1(n log beta): no
         # cancellation in float32 for beta near 1 (1 - 0.999**5 lost 4 digits before);
-        # beta = 0 (no re-weighting) is its own branch: log 0 would make d/dn 0 * inf
-        w = cl.where(beta > 0, 1 / (1 - cl.exp(counts * cl.log(beta))), 1)
+        # beta = 0 keeps the power (log 0 would make d/dn 0 * inf; the power's
+        # derivatives are exact there, and d/dbeta = 1 for a count of 1)
+        w = cl.where(beta > 0, 1 / (1 - cl.exp(counts * cl.log(beta))), 1 / (1 - beta**counts))
         return w * cl.num_classes() / cl.csum(w)
 
     if base == "ce":

@@ -475,6 +475,11 @@ class Loss:
                 for label, e, shape in self._class_derivatives(mode, n, zeros):
                     outs.append((label, e))
                     shapes.append(shape)
+            singular = (sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
+            if zeros and any(e.has(*singular) for _, e in outs):
+                # e.g. 0**n * log(0) in a derivative: the general kernel (same signature
+                # and outputs) serves this key, its runtime guards handle the zero
+                return self._class_kernel(backend, mode, wrt, value)
             prelude = []
             if mode == "index":
                 idx = sympy.Symbol("target@index", real=True)

@@ -358,3 +358,29 @@ def test_softmax_focal_gradients_finite_as_p_t_tends_to_one(gamma, index):
     )
     assert np.isfinite(grad_np).all()
     np.testing.assert_allclose(grad_np, want_z.numpy(), atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.999])
+def test_class_balanced_gradients_against_the_paper_formula(beta):
+    # Cui et al. 2019 eq. 3 in eager torch; at beta = 0 the one-sided d/dbeta is not 0
+    # when a class has count 1
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.randn(6, 4, dtype=torch.float64, generator=g)
+    t = torch.randint(0, 4, (6,), generator=g)
+    counts0 = torch.tensor([1.0, 5.0, 50.0, 500.0], dtype=torch.float64)
+
+    def paper(z, counts, b):
+        w = (1 - b) / (1 - b**counts)
+        w = w * 4 / w.sum()
+        return -(w[t] * torch.log_softmax(z, 1).gather(1, t[:, None])[:, 0]).sum()
+
+    args = [
+        x.clone().requires_grad_() for x in (z0, counts0, torch.tensor(beta, dtype=torch.float64))
+    ]
+    ours = class_balanced("ce")(args[0], t, counts=args[1], beta=args[2], reduction="sum")
+    refs = [
+        x.clone().requires_grad_() for x in (z0, counts0, torch.tensor(beta, dtype=torch.float64))
+    ]
+    ref = paper(*refs)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, args), torch.autograd.grad(ref, refs))
