@@ -231,7 +231,10 @@ def guard_vanishing_products(expr: sympy.Expr) -> sympy.Expr:
     products (in the value and in every derivative, *after* differentiation, so no
     derivative is changed) become ``_ZeroTimes(factor, rest)``, which is ``factor *
     rest`` except that an exact 0 factor gives 0 when ``rest`` is ``inf`` (a ``nan`` in
-    ``rest`` still propagates; an infinite *input* gives 0 there too, not nan).  The
+    ``rest`` still propagates; an infinite *input* gives 0 there too, not nan).  Only a
+    product with exactly one such factor is guarded: in ``k*y*x**2`` the product ``k*y``
+    could underflow to 0 from non-zero values, and the guard would turn the ``nan`` that
+    reports it into a wrong 0.  The
     runtimes write it ``factor * where(factor == 0 & isinf(rest), 0, rest)``, so autograd
     through a recomputed kernel (``create_graph``) still gets ``d/dfactor = rest``.  The factor is the product of the polynomial,
     non-constant factors (``y``, ``w - 1``, ``1 + (w - 1)*y``, ``csum(alpha*y)``);
@@ -252,7 +255,9 @@ def guard_vanishing_products(expr: sympy.Expr) -> sympy.Expr:
         if not node.is_Mul or not any(_overflows(a) for a in node.args):
             return node
         zero = [a for a in node.args if not a.is_number and not _overflows(a) and polynomial(a)]
-        if not zero:
+        # exactly one such factor: a product of several (k*y) can underflow to 0 from
+        # non-zero values, and then 0 would hide a true value that nan reports
+        if len(zero) != 1:
             return node
         rest = [a for a in node.args if a not in zero]
         return _ZeroTimes(sympy.Mul(*zero), sympy.Mul(*rest))

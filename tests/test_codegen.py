@@ -144,3 +144,17 @@ def test_guard_leaves_plain_squares_alone():
     mse = cl.define("mse_guard", "(p - y)**2", inputs=("p", "y"))
     assert "zero_times" not in mse.source()
     assert "zero_times" in _wsq().source()
+
+
+def test_guard_leaves_products_of_several_vanishing_factors():
+    # k*y underflows to 0 in float32 (1e-30 * 1e-20) while the true value,
+    # 1e-50 * (1e25)**2 = 1, is finite: nan reports that; a guarded 0 would hide it
+    loss = cl.define("kyx_guard", "k*y*(p - y)**2", inputs=("p", "y"), params={"k": 1e-30})
+    assert "zero_times" not in loss.source()
+    v = loss(
+        np.array([1e25], dtype=np.float32), np.array([1e-20], dtype=np.float32), reduction="none"
+    )
+    assert np.isnan(v[0])
+    exact = 1e-30 * 1e-20 * (1e25 - 1e-20) ** 2
+    v64 = loss(np.array([1e25]), np.array([1e-20]), reduction="none")
+    np.testing.assert_allclose(v64, exact, rtol=1e-12)
