@@ -21,9 +21,11 @@ switches the cache off.
 
 Safety (the decision): cache entries are code (kernel source) and pickles, so they are
 trusted exactly like Python's own ``__pycache__`` or Inductor's cache directory.  The
-directory is created with mode ``0o700``; an entry is read only if it is a regular
-file owned by the current user and not writable by group or others; anything else
-is ignored (and regenerated).  Entries are written to a temporary file and renamed
+directories are created with mode ``0o700`` and used only while they are owned by the
+current user and not writable by group or others; an entry is read only if it is a
+regular file (not a symlink) with the same owner and mode, checked on the opened
+file; and an entry records the digest of its key, so one moved onto another key's
+name is ignored.  Anything else is ignored (and regenerated).  Entries are written to a temporary file and renamed
 into place, so a concurrent reader sees a whole entry or none.  Every failure to read
 or write (read-only home, full disk, a corrupt or truncated entry) falls back to
 computing the artefact: the cache can make a process faster, never wrong.
@@ -131,21 +133,47 @@ def _path(kind: str, key: Any) -> Path:
     return directory() / digest[:2] / (digest + suffix)
 
 
-def _trusted(path: Path) -> bool:
-    try:
-        st = path.lstat()
-    except OSError:
-        return False
-    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o022:
+def _private(st: os.stat_result) -> bool:
+    """Owned by the current user and not writable by group or others."""
+    if st.st_mode & 0o022:
         return False
     return not hasattr(os, "getuid") or st.st_uid == os.getuid()
+
+
+def _trusted_dirs(path: Path) -> bool:
+    """The cache directory and the entry's sub-directory are real, private directories."""
+    for d in (path.parent.parent, path.parent):
+        try:
+            st = d.lstat()
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode) or not _private(st):
+            return False
+    return True
+
+
+def _read_trusted(path: Path) -> bytes | None:
+    """The entry's bytes if it is a private regular file (checked on the open file, so
+    it cannot be swapped between the check and the read; symlinks are refused)."""
+    if not _trusted_dirs(path):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or not _private(st):
+            return None
+        return f.read()
 
 
 def load(kind: str, key: Any) -> Any | None:
     """The stored artefact for ``key``, or None (missing, disabled, untrusted, corrupt).
 
     ``kind="kernel"`` gives the stored dict (``source``, ``ident``, ``outputs``);
-    ``kind="expr"`` the unpickled SymPy expression.
+    ``kind="expr"`` the unpickled SymPy expression.  Every entry records the digest of
+    its key; an entry found under another key's name (moved or copied) is ignored.
     """
     global hits
     if kind not in _KINDS:
@@ -153,21 +181,40 @@ def load(kind: str, key: Any) -> Any | None:
     if not enabled():
         return None
     path = _path(kind, key)
-    if not _trusted(path):
-        return None
     try:
-        data = path.read_bytes()
-        value = (
-            json.loads(data) if kind == "kernel" else pickle.loads(data)
-        )  # trusted: see the module docstring
+        data = _read_trusted(path)
+        if data is None:
+            return None
+        if kind == "kernel":
+            value = json.loads(data)
+            if not (
+                isinstance(value, dict)
+                and value.get("key") == path.stem
+                and {"source", "ident", "outputs"} <= value.keys()
+            ):
+                return None
+        else:
+            stored_key, value = pickle.loads(data)  # trusted: see the module docstring
+            if stored_key != path.stem:
+                return None
     except Exception:  # a corrupt or truncated entry: regenerate
-        return None
-    if kind == "kernel" and not (
-        isinstance(value, dict) and {"source", "ident", "outputs"} <= value.keys()
-    ):
         return None
     hits += 1
     return value
+
+
+def _private_dir(d: Path) -> None:
+    """Create ``d`` (and missing parents) with mode 0o700; raise if it is not private."""
+    missing = []
+    p = d
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for m in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            m.mkdir(mode=0o700)
+    if not _private(d.lstat()) or not stat.S_ISDIR(d.lstat().st_mode):
+        raise PermissionError(f"cache directory {d} is not private")
 
 
 def store(kind: str, key: Any, value: Any) -> bool:
@@ -179,11 +226,12 @@ def store(kind: str, key: Any, value: Any) -> bool:
     path = _path(kind, key)
     try:
         data = (
-            json.dumps(value).encode()
+            json.dumps({**value, "key": path.stem}).encode()
             if kind == "kernel"
-            else pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            else pickle.dumps((path.stem, value), protocol=pickle.HIGHEST_PROTOCOL)
         )
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_dir(path.parent.parent)
+        _private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:

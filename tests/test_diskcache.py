@@ -144,3 +144,30 @@ def test_unwritable_directory_falls_back(tmp_path: Path, monkeypatch: pytest.Mon
     y = torch.randn(5, dtype=torch.float64)
     torch.testing.assert_close(loss(p, y), 3 * F.mse_loss(p, y))
     assert not diskcache.store("expr", ("x",), sympy.Integer(1))
+
+
+def test_entry_moved_to_another_key_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CUSTOMLOSS_CACHE_DIR", str(root))
+    a_key, b_key = ("k", "a"), ("k", "b")
+    assert diskcache.store("expr", a_key, sympy.Integer(9))
+    assert diskcache.store("expr", b_key, sympy.Integer(3))
+    a_path, b_path = diskcache._path("expr", a_key), diskcache._path("expr", b_key)
+    assert oct(root.stat().st_mode & 0o777) == oct(0o700)  # the created root is private
+    assert diskcache.load("expr", b_key) == 3
+    a_path.replace(b_path)  # A's entry under B's name
+    assert diskcache.load("expr", b_key) is None
+
+
+def test_shared_writable_directory_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CUSTOMLOSS_CACHE_DIR", str(root))
+    assert diskcache.store("expr", ("k",), sympy.Integer(1))
+    assert diskcache.load("expr", ("k",)) == 1
+    root.chmod(0o777)
+    assert diskcache.load("expr", ("k",)) is None
+    assert not diskcache.store("expr", ("k2",), sympy.Integer(2))
