@@ -12,7 +12,8 @@ in ``docs/performance.md``).  This module keeps the results on disk:
 Keys are the mathematics (``Loss._key``: the ``srepr`` of the expression, the input
 and param names) plus what was asked for, hashed with SHA-256 together with the
 versions of customloss, SymPy and Python, :data:`SCHEMA` and a hash of the source of
-the modules that derive and generate (``calculus``, ``codegen``, ``dsl``, ``loss``),
+the modules that parse, derive and generate (``parse``, ``calculus``, ``codegen``,
+``dsl``, ``loss``),
 so an upgrade or a local edit never reads an old entry.
 
 Where: ``CUSTOMLOSS_CACHE_DIR``, else ``$XDG_CACHE_HOME/customloss``, else
@@ -94,7 +95,7 @@ def _canon(key: Any) -> Any:
 _FINGERPRINT: str | None = None
 #: Modules whose code decides what is derived and generated: an edit to any of them
 #: (a development checkout, a patched install) gives new keys.
-_GENERATORS = ("calculus", "codegen", "dsl", "loss")
+_GENERATORS = ("calculus", "codegen", "dsl", "loss", "parse")
 
 
 def _fingerprint() -> str:
@@ -194,7 +195,12 @@ def load(kind: str, key: Any) -> Any | None:
             ):
                 return None
         else:
-            stored_key, value = pickle.loads(data)  # trusted: see the module docstring
+            from sympy.core.parameters import evaluate
+
+            # stored expressions are canonical already: rebuilt without re-evaluation
+            # (no flatten; SymPy's first Add flatten imports sympy.tensor, 40-60 ms)
+            with evaluate(False):
+                stored_key, value = pickle.loads(data)  # trusted: see the module docstring
             if stored_key != path.stem:
                 return None
     except Exception:  # a corrupt or truncated entry: regenerate

@@ -910,11 +910,9 @@ def define(
     Raises:
         ValueError: the text is not a valid loss (names the construct or symbol).
     """
-    from customloss import parse
-
     inputs = tuple(inputs)
     params = dict(params or {})
-    expr = parse.parse_expression(source, symbols=[*inputs, *params])
+    expr, weight = _parsed(source, (*inputs, *params), index_mean_weight)
     return Loss(
         name,
         expr,
@@ -925,6 +923,36 @@ def define(
         references=references,
         source_text=source,
         class_params=class_params,
-        index_mean_weight=index_mean_weight,
+        index_mean_weight=weight,
         domains=domains,
     )
+
+
+def _parsed(
+    source: str, names: tuple[str, ...], index_mean_weight: str | None
+) -> tuple[sympy.Expr, sympy.Expr | None]:
+    """The parsed loss text (and ``index_mean_weight`` text), from the disk cache if there.
+
+    The parse is a function of the text and the names alone (and of ``parse.py``, whose
+    source is part of every key), so a text parsed once (and accepted by the parser's
+    limits) is read back instead of parsed again.
+    """
+    key = ("define", source, names, index_mean_weight)
+    stored = diskcache.load("expr", key)
+    if (
+        isinstance(stored, tuple)
+        and len(stored) == 2
+        and isinstance(stored[0], sympy.Expr)
+        and (stored[1] is None or isinstance(stored[1], sympy.Expr))
+    ):
+        return stored
+    from customloss import parse
+
+    expr = parse.parse_expression(source, symbols=list(names))
+    weight = (
+        None
+        if index_mean_weight is None
+        else parse.parse_expression(index_mean_weight, symbols=list(names))
+    )
+    diskcache.store("expr", key, (expr, weight))
+    return expr, weight

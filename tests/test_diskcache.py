@@ -72,8 +72,9 @@ def test_second_process_reads_kernels_and_derivatives_from_disk(tmp_path: Path) 
     assert {p.suffix for p in stored} == {".json", ".pickle"}
     assert all(p.stat().st_mode & 0o077 == 0 for p in stored)  # private to the user
     second = _run(tmp_path)
-    # every kernel and the printed derivative come from disk, and are still right
-    assert second["hits"] == second["builds"] + 1
+    # every kernel, the printed derivative and the parsed text come from disk, and are
+    # still right
+    assert second["hits"] == second["builds"] + 2
     for r in (first, second):
         assert r["value_err"] < 1e-12 and r["grad_err"] < 1e-12
     assert second["grad_expr"] == first["grad_expr"]
@@ -171,3 +172,30 @@ def test_shared_writable_directory_is_not_used(
     root.chmod(0o777)
     assert diskcache.load("expr", ("k",)) is None
     assert not diskcache.store("expr", ("k2",), sympy.Integer(2))
+
+
+def test_warm_define_builds_no_sympy_expression(tmp_path: Path) -> None:
+    # read back unevaluated: SymPy's first Add flatten (which imports sympy.tensor) and
+    # the parser are never needed; the loss is still right (vs torch's BCE)
+    code = SCRIPT + textwrap.dedent(
+        """
+        print(json.dumps({"tensor": "sympy.tensor.tensor" in sys.modules,
+                          "parse": "customloss.parse" in sys.modules}))
+        """
+    )
+    env = {**os.environ, "CUSTOMLOSS_CACHE_DIR": str(tmp_path), "CUSTOMLOSS_COMPILE": "0"}
+    for _attempt in range(2):
+        out = (
+            subprocess.run(
+                [sys.executable, "-c", code, "w"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
+        result, modules = json.loads(out[-2]), json.loads(out[-1])
+        assert result["value_err"] < 1e-12 and result["grad_err"] < 1e-12
+    assert modules == {"tensor": False, "parse": False}

@@ -42,6 +42,24 @@ from hypothesis import strategies as st
 import customloss as cl
 from customloss.parse import LIMITS
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_disk_cache() -> Iterator[None]:
+    """The parser alone: no disk cache (customloss.diskcache) during these tests.
+
+    With the cache on, ``cl.define`` also reads and writes its own cache entries (a
+    hash-named file under the cache directory, whatever the text): I/O of the library,
+    not of the text, which the guard below would report as file access.
+    """
+    before = os.environ.get("CUSTOMLOSS_CACHE")
+    os.environ["CUSTOMLOSS_CACHE"] = "0"
+    yield
+    if before is None:
+        os.environ.pop("CUSTOMLOSS_CACHE", None)
+    else:
+        os.environ["CUSTOMLOSS_CACHE"] = before
+
+
 INPUTS = ("p", "y")
 PARAMS = {"k": 1.0}
 TIME_LIMIT_S = 1.0
