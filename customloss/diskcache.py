@@ -6,8 +6,10 @@ in ``docs/performance.md``).  This module keeps the results on disk:
 
 * generated kernel source (``kind="kernel"``): stored as JSON text; a hit is compiled
   with Python's ``compile`` like a freshly generated kernel;
-* symbolic derivatives returned by :meth:`customloss.loss.Loss.grad`
-  (``kind="expr"``): stored with :mod:`pickle` (SymPy's own pickling).
+* symbolic derivatives returned by :meth:`customloss.loss.Loss.grad` and the parsed
+  text of :func:`customloss.define` (``kind="expr"``): stored with :mod:`pickle`
+  (SymPy's own pickling) and read back under ``evaluate(False)``: they were canonical
+  when stored, so nothing is re-flattened (a warm process builds no SymPy ``Add``).
 
 Keys are the mathematics (``Loss._key``: the ``srepr`` of the expression, the input
 and param names) plus what was asked for, hashed with SHA-256 together with the
