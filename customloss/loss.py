@@ -33,6 +33,11 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ParamDefault = float | tuple[float, ...] | None
 
 
+def _singular() -> tuple[Any, ...]:
+    """The SymPy values that make an expression non-finite (sympy loads lazily)."""
+    return (sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
+
+
 def _check_identifier(kind: str, name: str) -> None:
     if not isinstance(name, str) or not _IDENT_RE.match(name) or keyword.iskeyword(name):
         raise ValueError(f"{kind} name {name!r} is not a valid identifier")
@@ -154,7 +159,7 @@ class Loss:
         unknown = sorted(s.name for s in expr.free_symbols if s.name not in by_name)
         if unknown:
             raise ValueError(f"loss {name!r}: unknown symbol {unknown[0]!r}")
-        if expr.has(sympy.I) or expr.has(sympy.zoo, sympy.oo, -sympy.oo, sympy.nan):
+        if expr.has(sympy.I) or expr.has(*_singular()):
             raise ValueError(f"loss {name!r}: the expression is not a finite real expression")
         self.name = name
         self.inputs: tuple[str, ...] = inputs
@@ -395,9 +400,7 @@ class Loss:
         if not zeros:
             return expr
         out = expr.subs({self._symbols[n]: sympy.S.Zero for n in sorted(zeros)})
-        if out.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo):
-            return None
-        return out
+        return None if out.has(*_singular()) else out
 
     def _class_stable(
         self, mode: str, what: str = "value", zeros: frozenset[str] = frozenset()
@@ -453,14 +456,17 @@ class Loss:
         """
         zeros = frozenset(zeros) - set(wrt)
         key = ("ckernel", self._key, backend, mode, value, wrt, zeros)
-        if zeros and any(
-            self._zeroed(e, zeros) is None
-            for e in (self.expr, self.index_mean_weight)
-            if e is not None
-        ):
-            return self._class_kernel(backend, mode, wrt, value)
 
         def generate() -> codegen.Kernel:
+            # where substituting 0 is singular (in the loss or, below, in a derivative:
+            # e.g. 0**n * log(0)), the general kernel (same signature and outputs) serves
+            # this key; its runtime guards handle the zero.  Decided once per key.
+            if zeros and any(
+                self._zeroed(e, zeros) is None
+                for e in (self.expr, self.index_mean_weight)
+                if e is not None
+            ):
+                return self._class_kernel(backend, mode, wrt, value)
             z, y = (self._symbols[n] for n in self.inputs)
             params = [self._symbols[n] for n in self.params]
             outs: list[tuple[str, sympy.Expr]] = []
@@ -475,10 +481,7 @@ class Loss:
                 for label, e, shape in self._class_derivatives(mode, n, zeros):
                     outs.append((label, e))
                     shapes.append(shape)
-            singular = (sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
-            if zeros and any(e.has(*singular) for _, e in outs):
-                # e.g. 0**n * log(0) in a derivative: the general kernel (same signature
-                # and outputs) serves this key, its runtime guards handle the zero
+            if zeros and any(e.has(*_singular()) for _, e in outs):
                 return self._class_kernel(backend, mode, wrt, value)
             prelude = []
             if mode == "index":
