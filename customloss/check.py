@@ -646,6 +646,23 @@ def _run_numpy(
     return out
 
 
+def _torch_results(
+    loss: Loss, x: Any, t: Any, ps: dict[str, Any], grads: Sequence[str], full: bool
+) -> _Results:
+    """Unreduced value (unless ``full``) and the gradients of the names in ``grads``."""
+    v = loss(x, t, reduction="none", **ps)
+    out = {} if full else {"value": v.detach().double().cpu().numpy()}
+    if grads:
+        v.backward(v.new_ones(v.shape))
+    tensors = {loss.inputs[0]: x, loss.inputs[1]: t, **ps}
+    for n in grads:
+        g = tensors[n].grad
+        if g is None:
+            raise RuntimeError(f"no gradient reached {n!r}")
+        out[f"d/d{n}"] = g.double().cpu().numpy()
+    return out
+
+
 def _run_torch(
     loss: Loss,
     p: np.ndarray,
@@ -673,19 +690,7 @@ def _run_torch(
             ps[k] = torch.full_like(x, v).detach().requires_grad_()
         else:
             ps[k] = torch.tensor(v, dtype=tdt, device=device)
-    v = loss(x, t, reduction="none", **ps)
-    out = {}
-    if not full:
-        out["value"] = v.detach().double().cpu().numpy()
-    if grads:
-        v.backward(torch.ones_like(v))
-    tensors = {pred: x, targ: t, **ps}
-    for n in grads:
-        g = tensors[n].grad
-        if g is None:
-            raise RuntimeError(f"no gradient reached {n!r}")
-        out[f"d/d{n}"] = g.double().cpu().numpy()
-    return out
+    return _torch_results(loss, x, t, ps, grads, full)
 
 
 def _run(
@@ -1196,19 +1201,7 @@ def _run_class(
     for k, v in params.items():
         shape = (n_classes,) if k in loss.per_class else ()
         ps[k] = torch.full(shape, v, dtype=tdt, device=device).requires_grad_(k in grads)
-    v = loss(xt, tt, reduction="none", **ps)
-    out = {}
-    if not full:
-        out["value"] = v.detach().double().cpu().numpy()
-    if grads:
-        v.backward(torch.ones_like(v))
-    tensors = {pred: xt, targ: tt, **ps}
-    for n in grads:
-        g = tensors[n].grad
-        if g is None:
-            raise RuntimeError(f"no gradient reached {n!r}")
-        out[f"d/d{n}"] = g.double().cpu().numpy()
-    return out
+    return _torch_results(loss, xt, tt, ps, grads, full)
 
 
 def _class_results(
