@@ -281,16 +281,16 @@ def list_cmd(pattern: str | None) -> None:
     console.print(Text(f"{len(names)} loss{'es' if len(names) != 1 else ''}", style="dim"))
 
 
+def _param_option(
+    help: str, metavar: str = "NAME=VALUE"
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The repeatable ``--param/-p NAME=VALUE`` option (collected as ``param_options``)."""
+    return click.option("--param", "-p", "param_options", multiple=True, metavar=metavar, help=help)
+
+
 @cli.command()
 @click.argument("loss_spec", metavar="NAME|FILE")
-@click.option(
-    "--param",
-    "-p",
-    "param_options",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Set a param (substituted into the formulas).",
-)
+@_param_option("Set a param (substituted into the formulas).")
 @click.option("--wrt", metavar="SYMBOL", help="Differentiate with respect to this input or param.")
 @click.option("--latex", is_flag=True, help="Print LaTeX instead of pretty-printed formulas.")
 @click.option(
@@ -670,14 +670,7 @@ def _extreme_scan(
 
 @cli.command()
 @click.argument("loss_spec", metavar="NAME|FILE")
-@click.option(
-    "--param",
-    "-p",
-    "param_options",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Set a param (required ones must be set).",
-)
+@_param_option("Set a param (required ones must be set).")
 @click.option("--points", default=64, show_default=True, help="Random points per comparison.")
 @click.option("--classes", default=3, show_default=True, help="Classes of class-axis losses.")
 @click.option(
@@ -756,14 +749,7 @@ def _range(text: str | None) -> tuple[float, float] | None:
 
 @cli.command()
 @click.argument("loss_spec", metavar="NAME|FILE")
-@click.option(
-    "--param",
-    "-p",
-    "param_options",
-    multiple=True,
-    metavar="NAME=V[,V...]",
-    help="A param value, or several values (one curve each) for one param.",
-)
+@_param_option("A param value, or several values (one curve each) for one param.", "NAME=V[,V...]")
 @click.option(
     "--x",
     "axis",
