@@ -178,6 +178,12 @@ class Problem:
     expected: float
     what: str
 
+    @classmethod
+    def call_failed(cls, dtype: str, backend: str, params: dict[str, float], what: str) -> Problem:
+        """A backend that raised on a whole grid (a finding, not a crash of the scan)."""
+        nan = math.nan
+        return cls(dtype, backend, nan, nan, dict(params), "call", nan, nan, what)
+
     def where(self) -> str:
         """The point: input, target and params."""
         if isinstance(self.input, tuple):
@@ -836,16 +842,8 @@ def check(
                     results = _run(backend, loss, p, y, pr, dtype, wrt, device)
                 except Exception as exc:  # a backend failing on a whole grid is a finding
                     report.problems.append(
-                        Problem(
-                            dtype,
-                            backend,
-                            math.nan,
-                            math.nan,
-                            dict(pr),
-                            "call",
-                            math.nan,
-                            math.nan,
-                            f"raised {type(exc).__name__}: {exc}",
+                        Problem.call_failed(
+                            dtype, backend, pr, f"raised {type(exc).__name__}: {exc}"
                         )
                     )
                     continue
@@ -1347,17 +1345,7 @@ def _check_classes(
                         what = f"raised {type(exc).__name__}: {exc}"
                         kind = "class-index" if index else "probability"
                         report.problems.append(
-                            Problem(
-                                dtype,
-                                backend,
-                                math.nan,
-                                math.nan,
-                                dict(pr),
-                                "call",
-                                math.nan,
-                                math.nan,
-                                f"{what} ({kind} targets)",
-                            )
+                            Problem.call_failed(dtype, backend, pr, f"{what} ({kind} targets)")
                         )
                         continue
                     for quantity, out in results.items():
