@@ -171,6 +171,13 @@ def _read_trusted(path: Path) -> bytes | None:
         return f.read()
 
 
+def _entry(kind: str, key: Any) -> Path | None:
+    """The entry's path; None when the cache is off.  Refuses an unknown ``kind``."""
+    if kind not in _KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}; valid: {', '.join(_KINDS)}")
+    return _path(kind, key) if enabled() else None
+
+
 def load(kind: str, key: Any) -> Any | None:
     """The stored artefact for ``key``, or None (missing, disabled, untrusted, corrupt).
 
@@ -179,11 +186,9 @@ def load(kind: str, key: Any) -> Any | None:
     its key; an entry found under another key's name (moved or copied) is ignored.
     """
     global hits
-    if kind not in _KINDS:
-        raise ValueError(f"unknown cache kind {kind!r}; valid: {', '.join(_KINDS)}")
-    if not enabled():
+    path = _entry(kind, key)
+    if path is None:
         return None
-    path = _path(kind, key)
     try:
         data = _read_trusted(path)
         if data is None:
@@ -221,17 +226,16 @@ def _private_dir(d: Path) -> None:
     for m in reversed(missing):
         with contextlib.suppress(FileExistsError):
             m.mkdir(mode=0o700)
-    if not _private(d.lstat()) or not stat.S_ISDIR(d.lstat().st_mode):
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or not _private(st):
         raise PermissionError(f"cache directory {d} is not private")
 
 
 def store(kind: str, key: Any, value: Any) -> bool:
     """Store ``value`` for ``key``; returns whether it was written (errors are ignored)."""
-    if kind not in _KINDS:
-        raise ValueError(f"unknown cache kind {kind!r}; valid: {', '.join(_KINDS)}")
-    if not enabled():
+    path = _entry(kind, key)
+    if path is None:
         return False
-    path = _path(kind, key)
     try:
         data = (
             json.dumps({**value, "key": path.stem}).encode()
