@@ -296,7 +296,7 @@ class Loss:
         if sym.name in self.per_class:
             d = calculus.class_derivative(self.expr, sym)
         else:
-            d = sympy.diff(self.expr, sym)
+            d = calculus.derivative(self.expr, sym)
         d = calculus.simplify_reductions(d, per_class)
         if given_target_sum is not None:
             y = self._symbols[self.inputs[1]]
@@ -432,11 +432,11 @@ class Loss:
                 return calculus.simplify_reductions(calculus._tidy(e), per_class)
 
             if wrt not in self.per_class:
-                return [(f"d_{wrt}", tidy(sympy.diff(E, v)), "sample")]
+                return [(f"d_{wrt}", tidy(calculus.derivative(E, v)), "sample")]
             outs = [(f"d_{wrt}", tidy(calculus.class_derivative(E, v)), "full")]
             if mode == "index" and self._index_gathers():
                 at = self._gathered()[v]
-                outs.append((f"d_{wrt}@target", tidy(sympy.diff(E, at)), "sample"))
+                outs.append((f"d_{wrt}@target", tidy(calculus.derivative(E, at)), "sample"))
             return outs
 
         return _cached(("cderiv", self._key, mode, wrt, zeros), build)

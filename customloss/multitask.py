@@ -115,7 +115,9 @@ class MultiTask:
         S = self.symbols
         if wrt not in S:
             raise ValueError(f"multitask has no symbol {wrt!r}; choose one of {', '.join(S)}")
-        return sympy.diff(self.expr, S[wrt])
+        from customloss.differentiate import diff
+
+        return diff(self.expr, S[wrt])
 
     # -- weights -------------------------------------------------------------
     def current_weights(self) -> dict[str, float]:
