@@ -35,6 +35,7 @@ from typing import Any
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
+from customloss import dsl
 from customloss.differentiate import diff as _diff
 
 __all__ = [
@@ -346,7 +347,7 @@ def _guard_products(expr: sympy.Expr) -> sympy.Expr:
             if f.is_Pow and f.exp == -1:
                 for g in factors:
                     if isinstance(g, (sympy.exp, KeptExp)) and isinstance(g.args[0], sympy.Add):
-                        log_b = sympy.log(f.base)
+                        log_b = dsl.log(f.base)
                         if log_b in g.args[0].args:
                             rest = [h for h in factors if h is not f and h is not g]
                             return g.func(g.args[0] - log_b) * sympy.Mul(*rest)
@@ -653,7 +654,7 @@ def _rule_class(e: sympy.Basic) -> sympy.Basic:
             exps = [f for f in inner.args if isinstance(f, sympy.exp)]
             if len(exps) == 1:
                 rest = [f for f in inner.args if f is not exps[0]]
-                return CLogSumExp(exps[0].args[0] + sympy.log(sympy.Mul(*rest)))
+                return CLogSumExp(exps[0].args[0] + dsl.log(sympy.Mul(*rest)))
     # exp(u) / csum(exp(u)) -> exp(u - clogsumexp(u))
     if isinstance(e, sympy.Mul):
         factors = list(e.args)

@@ -21,6 +21,8 @@ import sympy
 from sympy.core.basic import Basic
 from sympy.core.function import ArgumentIndexError
 
+from customloss import dsl
+
 __all__ = ["diff"]
 
 _FUNCTION_RULE = sympy.Function._eval_derivative
@@ -83,7 +85,7 @@ def diff(expr: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
             d_ex = d(ex)
             if d_ex is zero:  # SymPy builds 0*log(base) here, which is 0
                 return e * (d(base) * ex / base)
-            return e * (d_ex * sympy.log(base) + d(base) * ex / base)
+            return e * (d_ex * dsl.log(base) + d(base) * ex / base)
         if isinstance(e, sympy.Piecewise):
             return e.func(*[(d(piece), cond) for piece, cond in e.args])
         if isinstance(e, sympy.Function) and _plain_function(type(e)):

@@ -60,8 +60,31 @@ def _sym(x: ExprLike) -> sympy.Expr:
 
 
 def log(x: ExprLike) -> sympy.Expr:
-    """Natural logarithm."""
-    return sympy.log(_sym(x))
+    """Natural logarithm (``sympy.log``)."""
+    x = _sym(x)
+    if _log_stays(x):
+        # what sympy.log(x) returns, without the assumption queries of log.eval
+        return sympy.log(x, evaluate=False)
+    return sympy.log(x)
+
+
+def _log_stays(x: sympy.Expr) -> bool:
+    """Whether ``sympy.log(x)`` is sure to stay the unevaluated ``log(x)``.
+
+    ``log.eval`` only rewrites numbers, ``exp``/``E**u`` arguments, arguments with the
+    imaginary unit and arguments it can prove zero. For a sum, product, power or
+    function of real symbols the last question is the only one left, and it is what
+    makes defining a loss slow: ``(1 - sigmoid(x)).is_zero`` runs ~10 ms of assumption
+    queries (cProfile, docs/performance.md) to answer ``None``. Such an argument is
+    never literally zero (SymPy folds ``u - u`` and ``0*u``), so a zero that SymPy
+    could prove here would be an identity like ``x*(x-1) - x**2 + x`` written
+    unexpanded, which ``log.eval`` does not expand either (``is_zero`` is ``None``).
+    """
+    if not (x.is_Add or x.is_Mul or x.is_Pow):
+        return False
+    if x.is_Pow and x.base is sympy.E:
+        return False
+    return bool(x.free_symbols) and not x.has(sympy.I)
 
 
 def exp(x: ExprLike) -> sympy.Expr:
@@ -81,7 +104,7 @@ def abs(x: ExprLike) -> sympy.Expr:
 
 def log1p(x: ExprLike) -> sympy.Expr:
     """``log(1 + x)``; compiled code uses the accurate ``log1p``."""
-    return sympy.log(1 + _sym(x))
+    return log(1 + _sym(x))
 
 
 def tanh(x: ExprLike) -> sympy.Expr:
@@ -101,12 +124,12 @@ def sigmoid(x: ExprLike) -> sympy.Expr:
 
 def softplus(x: ExprLike) -> sympy.Expr:
     """``log(1 + exp(x))``; compiled code never overflows."""
-    return sympy.log(1 + sympy.exp(_sym(x)))
+    return log(1 + sympy.exp(_sym(x)))
 
 
 def log_sigmoid(x: ExprLike) -> sympy.Expr:
     """``log(sigmoid(x)) = -log(1 + exp(-x))``; compiled as ``-softplus(-x)``."""
-    return -sympy.log(1 + sympy.exp(-_sym(x)))
+    return -log(1 + sympy.exp(-_sym(x)))
 
 
 def relu(x: ExprLike) -> sympy.Expr:
@@ -154,7 +177,7 @@ def where(condition: Any, if_true: ExprLike, if_false: ExprLike) -> sympy.Expr:
 def xlogy(x: ExprLike, y: ExprLike) -> sympy.Expr:
     """``x * log(y)``, defined as 0 where ``x == 0`` (so ``0 log 0 = 0``)."""
     x, y = _sym(x), _sym(y)
-    return sympy.Piecewise((0, sympy.Eq(x, 0)), (x * sympy.log(y), True))
+    return sympy.Piecewise((0, sympy.Eq(x, 0)), (x * log(y), True))
 
 
 # -- the class axis (losses declared with classes=True) -------------------------
