@@ -81,3 +81,50 @@ def test_function_table_names_every_dsl_function():
         "log_sigmoid", "relu", "maximum", "minimum", "where",
         "csum", "logsumexp", "softmax", "log_softmax", "cmax", "num_classes", "xlogy",
     }  # fmt: skip
+
+
+def _log_args() -> list[sympy.Expr]:
+    y, a = dsl.symbol("y"), dsl.symbol("a")
+    base = [
+        x,
+        1 - cl.sigmoid(x),
+        1 + sympy.exp(-x),
+        y * x + (1 - y) * (1 - x),
+        x * y,
+        x**2,
+        x**a,
+        sympy.exp(x),
+        sympy.exp(x) * sympy.exp(y),
+        sympy.E ** (x * y),
+        x * sympy.I,
+        2 * sympy.I * x,
+        x - x,
+        x * (x - 1) - x**2 + x,
+        sympy.Integer(1),
+        sympy.Rational(1, 3),
+        sympy.Float(2.5),
+        sympy.pi,
+        sympy.S.Zero,
+        sympy.oo,
+        -x,
+        -(x**2) - 1,
+        sympy.Abs(x) + 1,
+        sympy.Max(x, y),
+        (1 + x) ** -1,
+        sympy.sqrt(x**2 + 1),
+        3 * sympy.exp(x),
+        # numbers log.eval does rewrite (branch of a negative or imaginary number)
+        -2 * sympy.pi,
+        -sympy.sqrt(2),
+        1 + sympy.I,
+        3 * sympy.I,
+        sympy.I * x * 0 + sympy.I,
+    ]
+    return base
+
+
+@pytest.mark.parametrize("arg", _log_args(), ids=str)
+def test_log_is_sympy_log(arg):
+    # dsl.log skips log.eval where it cannot rewrite; the result must be SymPy's
+    assert dsl.log(arg) == sympy.log(arg)
+    assert type(dsl.log(arg)) is type(sympy.log(arg))
