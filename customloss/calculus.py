@@ -399,6 +399,9 @@ def merge_powers(expr: sympy.Expr) -> sympy.Expr:
 
 
 def _merge_mul(m: sympy.Mul) -> sympy.Expr:
+    if any(f.is_Pow and f.base.is_Mul for f in m.args):
+        # a power of a product (x*y*sqrt(x*y) -> (x*y)**(3/2)): powsimp's own rules
+        return sympy.powsimp(m, deep=False, combine="exp")
     groups: dict[sympy.Basic, list[sympy.Expr]] = {}
     for f in m.args:
         if f.is_Pow:

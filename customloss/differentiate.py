@@ -92,7 +92,10 @@ def diff(expr: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
             terms = []
             for i, a in enumerate(e.args, 1):
                 da = d(a)
-                if da is zero:
+                if da is zero or (da.has(sympy.Piecewise) and da.is_zero):
+                    # SymPy skips any term whose inner derivative is_zero; short of a
+                    # literal 0, such a term holds a Piecewise of zeros (one with no
+                    # default branch, which SymPy does not fold to 0)
                     continue
                 try:
                     df = e.fdiff(i)
