@@ -364,3 +364,29 @@ def test_class_backward_leaves_inputs_targets_and_params_alone():
     )
     assert alpha.tolist() == [1.0, 2.0, 3.0, 4.0]
     torch.testing.assert_close(z.grad, 0.5 * alpha[None])
+
+
+# ---------------------------------------------------------------------------
+# reduction="mean": gradients for any incoming gradient, also on a second backward
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("gout", [1.0, 2.5, 0.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_mean_gradient_equals_autograd_for_any_incoming_gradient(gout, dtype):
+    loss = cl.define("fold_mean", "(p - y)**2*(1 + k*y)", inputs=("p", "y"), params={"k": 0.5})
+    p0 = torch.randn(7, dtype=torch.float64).to(dtype)
+    y = torch.rand(7, dtype=torch.float64).to(dtype)
+    g = torch.tensor(gout, dtype=dtype)
+    p = p0.clone().requires_grad_()
+    out = loss(p, y, reduction="mean")
+    out.backward(g, retain_graph=True)
+    first = p.grad.clone()
+    out.backward(g)  # a second backward recomputes from the saved inputs
+    ref_p = p0.double().requires_grad_()
+    yd = y.double()
+    ref = ((ref_p - yd) ** 2 * (1 + 0.5 * yd)).mean()
+    ref.backward(g.double())
+    tol = {"atol": 1e-2, "rtol": 1e-2} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(out.double(), ref.detach(), **tol)
+    torch.testing.assert_close(first.double(), ref_p.grad, **tol)
+    torch.testing.assert_close(p.grad.double(), 2 * ref_p.grad, **tol)
+    assert p.grad.dtype == dtype and torch.equal(p.detach(), p0)
