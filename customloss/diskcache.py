@@ -14,7 +14,7 @@ in ``docs/performance.md``).  This module keeps the results on disk:
 Keys are the mathematics (``Loss._key``: the ``srepr`` of the expression, the input
 and param names) plus what was asked for, hashed with SHA-256 together with the
 versions of customloss, SymPy and Python, :data:`SCHEMA` and a hash of the source of
-the modules that parse, derive and generate (``parse``, ``calculus``, ``codegen``,
+the modules that parse, derive and generate (``parse``, ``calculus``, ``differentiate``, ``codegen``,
 ``dsl``, ``loss``),
 so an upgrade or a local edit never reads an old entry.
 
@@ -97,7 +97,7 @@ def _canon(key: Any) -> Any:
 _FINGERPRINT: str | None = None
 #: Modules whose code decides what is derived and generated: an edit to any of them
 #: (a development checkout, a patched install) gives new keys.
-_GENERATORS = ("calculus", "codegen", "dsl", "loss", "parse")
+_GENERATORS = ("calculus", "codegen", "differentiate", "dsl", "loss", "parse")
 
 
 def _fingerprint() -> str:

@@ -199,3 +199,51 @@ def test_warm_define_builds_no_sympy_expression(tmp_path: Path) -> None:
         result, modules = json.loads(out[-2]), json.loads(out[-1])
         assert result["value_err"] < 1e-12 and result["grad_err"] < 1e-12
     assert modules == {"tensor": False, "parse": False}
+
+
+# customloss modules that only store, validate, dispatch or run what was generated
+NOT_GENERATING = {
+    "diskcache",
+    "_lazy",
+    "_validate",
+    "registry",
+    "hookspecs",
+    "builtin",
+    "builtin_classes",
+    "torch_backend",
+    "torch_classes",
+    "numpy_backend",
+    "numpy_classes",
+    "fast",
+    "serialize",
+    "multitask",
+    "check",
+    "testing",
+    "plot",
+    "cli",
+    "pytest_plugin",
+}
+
+
+def test_every_module_that_derives_or_generates_is_in_the_key() -> None:
+    # a fresh process defines, differentiates and generates code; every customloss
+    # module it loaded either is part of the cache key's fingerprint or is known not
+    # to decide what is derived (an edit to a deriving module must give new keys)
+    code = (
+        "import sys, customloss as cl\n"
+        f"b = cl.define('fp', {BCE!r}, inputs=('x', 'y')); b.grad(); b.source('numpy')\n"
+        "print(' '.join(m.split('.', 1)[1] for m in sys.modules"
+        " if m.startswith('customloss.')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "CUSTOMLOSS_CACHE": "0"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    loaded = set(out.stdout.split())
+    assert "differentiate" in loaded and "calculus" in loaded
+    missing = loaded - set(diskcache._GENERATORS) - NOT_GENERATING
+    assert not missing, f"modules deriving code but not in diskcache._GENERATORS: {missing}"
