@@ -398,9 +398,23 @@ def merge_powers(expr: sympy.Expr) -> sympy.Expr:
     return visit(expr)
 
 
+def _powsimp_rules(args: tuple[sympy.Expr, ...]) -> bool:
+    """Whether a product needs ``powsimp``'s rules beyond merging equal bases."""
+    for f in args:
+        if f.is_Pow and f.base.is_Mul:  # x*y*sqrt(x*y) -> (x*y)**(3/2)
+            return True
+        if f is sympy.S.ImaginaryUnit:  # I*(-1)**y -> (-1)**(y + 1/2)
+            return True
+        fraction = f.is_Rational and not f.is_Integer
+        if fraction and any(g.is_Pow and g.base.is_Number for g in args):  # 2**x/2
+            return True
+    bases = {f.base if f.is_Pow else f for f in args}
+    # (y - x)**g * (x - y) -> -(y - x)**(g + 1)
+    return any(b.is_Add and b.could_extract_minus_sign() and -b in bases for b in bases)
+
+
 def _merge_mul(m: sympy.Mul) -> sympy.Expr:
-    if any(f.is_Pow and f.base.is_Mul for f in m.args):
-        # a power of a product (x*y*sqrt(x*y) -> (x*y)**(3/2)): powsimp's own rules
+    if _powsimp_rules(m.args):
         return sympy.powsimp(m, deep=False, combine="exp")
     groups: dict[sympy.Basic, list[sympy.Expr]] = {}
     for f in m.args:

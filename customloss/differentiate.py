@@ -11,8 +11,10 @@ generate code for a new loss (measured with cProfile, see docs/performance.md).
 ``Mul``, ``Pow``, ``Function`` via ``fdiff``, ``Piecewise``), building the same
 canonical ``Add``/``Mul``/``Pow`` results, but memoises per node and skips the queries:
 a literal ``0`` is recognised structurally. Anything else (functions with their own
-``_eval_derivative``, ``Derivative``, bound variables, non-commutative products) is
-handed to ``sympy.diff`` unchanged, so the result is SymPy's in every case.
+``_eval_derivative``, ``Derivative``, bound variables, non-commutative products,
+subclasses such as ``MatAdd``, matrix expressions, plain Python numbers) is handed to
+``sympy.diff`` unchanged, so the result is SymPy's in every case
+(``tests/test_differentiate.py``).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ def diff(expr: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
     Returns:
         The first derivative, in SymPy's canonical form.
     """
-    if not isinstance(s, sympy.Symbol):
-        return sympy.diff(expr, s)
+    expr = sympy.sympify(expr)
+    if not isinstance(s, sympy.Symbol) or not isinstance(expr, Basic) or expr.is_Matrix:
+        return sympy.diff(expr, s)  # matrices: a zero derivative keeps its shape
     depends: dict[Basic, bool] = {}
     done: dict[Basic, sympy.Expr] = {}
     zero, one = sympy.S.Zero, sympy.S.One
@@ -73,14 +76,16 @@ def diff(expr: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
         return r
 
     def _rule(e: sympy.Expr) -> sympy.Expr:
-        if e.is_Add:
+        # exact types: MatAdd/MatMul and other subclasses have derivatives of their own
+        cls = type(e)
+        if cls is sympy.Add:
             return sympy.Add(*[d(a) for a in e.args])
-        if e.is_Mul and e.is_commutative:
+        if cls is sympy.Mul and e.is_commutative:
             args = e.args
             return sympy.Add(
                 *[sympy.Mul(*args[:i], d(a), *args[i + 1 :]) for i, a in enumerate(args) if dep(a)]
             )
-        if e.is_Pow:
+        if cls is sympy.Pow:
             base, ex = e.args
             d_ex = d(ex)
             if d_ex is zero:  # SymPy builds 0*log(base) here, which is 0

@@ -419,3 +419,34 @@ def test_merge_powers_preserves_value(seed):
     s = free[seed % len(free)]
     d = sympy.diff(e, s)
     _assert_same_value(d, merge_powers(d), f"seed {seed}: d/d{s} = {d}")
+
+
+# --------------------------------------------------------------------------- review findings
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        2**X / 2,  # a fraction next to a power of a number
+        X * 2 ** (-X) / 2,
+        (Y - X) ** G * (X - Y),  # a base next to its negation
+        sympy.diff((Y - X) ** G * (X - Y) * X, X),
+        sympy.I * (-1) ** Y,  # the imaginary unit next to a power of -1
+        sympy.diff((X - Y) ** 2 * 4 ** (X / 2) / 2, X),
+    ],
+    ids=str,
+)
+def test_merge_powers_equals_powsimp_beyond_equal_bases(expr):
+    assert merge_powers(expr) == _powsimp(expr)
+
+
+@pytest.mark.parametrize("value", [3, 2.5, sympy.Integer(0)])
+def test_plain_numbers_differentiate_to_zero(value):
+    assert diff(value, X) == sympy.diff(value, X) == 0
+
+
+def test_matrix_expressions_keep_their_own_derivative():
+    m, n = sympy.MatrixSymbol("M", 2, 2), sympy.MatrixSymbol("N", 2, 2)
+    for s in (X, Y):
+        got, ref = diff(X * m + n, s), sympy.diff(X * m + n, s)
+        assert got == ref and type(got) is type(ref)
