@@ -408,9 +408,13 @@ def _powsimp_rules(args: tuple[sympy.Expr, ...]) -> bool:
         fraction = f.is_Rational and not f.is_Integer
         if fraction and any(g.is_Pow and g.base.is_Number for g in args):  # 2**x/2
             return True
-    bases = {f.base if f.is_Pow else f for f in args}
-    # (y - x)**g * (x - y) -> -(y - x)**(g + 1)
-    return any(b.is_Add and b.could_extract_minus_sign() and -b in bases for b in bases)
+    # (y - x)**g * (x - y) -> -(y - x)**(g + 1): two sums that are each other's negation
+    sums = [b for b in {f.base if f.is_Pow else f for f in args} if b.is_Add]
+    return any(
+        len(a.args) == len(b.args) and a.free_symbols == b.free_symbols and -a == b
+        for i, a in enumerate(sums)
+        for b in sums[i + 1 :]
+    )
 
 
 def _merge_mul(m: sympy.Mul) -> sympy.Expr:

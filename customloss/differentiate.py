@@ -25,7 +25,7 @@ from sympy.core.function import ArgumentIndexError
 
 from customloss import dsl
 
-__all__ = ["diff", "reciprocal"]
+__all__ = ["diff"]
 
 _FUNCTION_RULE = sympy.Function._eval_derivative
 _DEFAULT_N_TIMES = Basic._eval_derivative_n_times
@@ -36,20 +36,6 @@ def _plain_function(cls: type) -> bool:
     return (
         cls._eval_derivative is _FUNCTION_RULE and cls._eval_derivative_n_times is _DEFAULT_N_TIMES
     )
-
-
-def reciprocal(b: sympy.Expr) -> sympy.Expr:
-    """``1/b``, equal to SymPy's, without asking a sum of symbols whether it is infinite.
-
-    ``Pow(b, -1)`` hands a sum to ``Add._eval_power``, which asks every term of a
-    two-term sum ``is_infinite`` (a chain of assumption queries through each product)
-    and rewrites only sums of a literal imaginary part and an infinite term, or sums
-    that are numbers. A sum with free symbols and no ``I`` therefore stays the
-    unevaluated power; it is built directly.
-    """
-    if b.is_Add and not b.is_number and not b.has(sympy.I):
-        return sympy.Pow(b, -1, evaluate=False)
-    return 1 / b
 
 
 def diff(expr: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
@@ -103,8 +89,8 @@ def diff(expr: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
             base, ex = e.args
             d_ex = d(ex)
             if d_ex is zero:  # SymPy builds 0*log(base) here, which is 0
-                return e * (d(base) * ex * reciprocal(base))
-            return e * (d_ex * dsl.log(base) + d(base) * ex * reciprocal(base))
+                return e * (d(base) * ex / base)
+            return e * (d_ex * dsl.log(base) + d(base) * ex / base)
         if isinstance(e, sympy.Piecewise):
             return e.func(*[(d(piece), cond) for piece, cond in e.args])
         if isinstance(e, sympy.Function) and _plain_function(type(e)):
@@ -116,13 +102,10 @@ def diff(expr: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
                     # literal 0, such a term holds a Piecewise of zeros (one with no
                     # default branch, which SymPy does not fold to 0)
                     continue
-                if cls is sympy.log:
-                    df = reciprocal(a)  # log.fdiff: 1/x
-                else:
-                    try:
-                        df = e.fdiff(i)
-                    except ArgumentIndexError:
-                        df = sympy.Function.fdiff(e, i)
+                try:
+                    df = e.fdiff(i)
+                except ArgumentIndexError:
+                    df = sympy.Function.fdiff(e, i)
                 terms.append(df * da)
             return sympy.Add(*terms)
         return sympy.diff(e, s)

@@ -450,28 +450,3 @@ def test_matrix_expressions_keep_their_own_derivative():
     for s in (X, Y):
         got, ref = diff(X * m + n, s), sympy.diff(X * m + n, s)
         assert got == ref and type(got) is type(ref)
-
-
-@pytest.mark.parametrize(
-    "base",
-    [
-        1 + sympy.exp(-X),
-        X + Y,
-        X * Y + G * (1 - Y),
-        X + sympy.I,  # a literal imaginary part: SymPy may rewrite
-        sympy.oo + sympy.I * X,
-        1 + sympy.sqrt(2),  # a number
-        2 + sympy.I,
-        X,
-        X * Y,
-        X**G,
-        sympy.Integer(3),
-        sympy.S.Zero,
-    ],
-    ids=str,
-)
-def test_reciprocal_equals_one_over(base):
-    from customloss.differentiate import reciprocal
-
-    got, ref = reciprocal(base), 1 / base
-    assert got == ref and type(got) is type(ref)
