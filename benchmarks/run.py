@@ -712,9 +712,13 @@ def process_cases(n: int, reps: int, compile_times: bool) -> list[Row]:
 # --------------------------------------------------------------------------- GPU
 
 
-def gpu_cases(n: int, reps: int) -> list[Row]:
-    """Focal on CUDA vs the memory-bandwidth floor and torchvision (when present)."""
-    dev = torch.device("cuda")
+def gpu_cases(n: int, reps: int, dev: torch.device | None = None) -> list[Row]:
+    """Focal on CUDA vs the memory-bandwidth floor and torchvision (when present).
+
+    ``dev`` defaults to the CUDA device; ``tests/test_benchmarks.py`` runs this code on
+    the CPU with a tiny ``n`` so that a session that does get a GPU finds it working.
+    """
+    dev = dev or torch.device("cuda")
     x, y = make_inputs(n, "logits", dev)
     prepare(focal, x, y)
     src = torch.empty(n, device=dev)
