@@ -289,6 +289,37 @@ def _check_power(node: ast.BinOp, limits: Limits) -> None:
 
 
 def _to_sympy(node: ast.AST, syms: dict[str, sympy.Symbol]) -> sympy.Basic:
+    value = _build(node, syms)
+    if isinstance(value, sympy.Float):
+        _check_float_range(value, node)
+    return value
+
+
+def _check_float_range(value: sympy.Float, node: ast.AST) -> None:
+    """Refuse a constant SymPy evaluated to a float beyond float64's range.
+
+    SymPy evaluates functions of floats in arbitrary range: ``cosh(186201.95)`` is about
+    ``1e80866`` and ``cosh`` of that has an exponent of 80,000 digits, which a single
+    ``srepr`` then takes minutes to print (found by the parser fuzz test). Such a value
+    is ``inf`` or ``0`` in every compiled dtype, so it is refused here, where it appears,
+    before the next operation makes it larger.
+    """
+    sign, man, exp, bc = value._mpf_
+    if man:
+        magnitude = exp + bc  # 2**(magnitude - 1) <= |value| < 2**magnitude
+        if -1073 <= magnitude <= 1024:
+            return
+        where = "beyond" if magnitude > 0 else "below"
+    elif value.is_finite is not False:
+        return  # zero
+    else:
+        where = "beyond"
+    text = ast.unparse(node)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    raise _fail(f"the constant {text} is {where} float64's range", node)
+
+
+def _build(node: ast.AST, syms: dict[str, sympy.Symbol]) -> sympy.Basic:
     if isinstance(node, ast.Constant):
         v = node.value
         # the exact binary value of the Python float (what NumPy and torch compute with)

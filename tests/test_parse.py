@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 import time
 
 import pytest
 import sympy
 
+import customloss as cl
 from customloss import dsl
 from customloss.parse import parse_expression
 
@@ -141,3 +144,26 @@ def test_parse_never_imports_or_opens(monkeypatch):
     for source in ["__import__('os').system('x')", "open('/etc/passwd')", "log(sigmoid(p)) * y"]:
         with contextlib.suppress(ValueError):
             parse(source)
+
+
+@pytest.mark.parametrize(
+    "source, where",
+    [
+        ("cosh(cosh(186201.9509587283))", "cosh(186201.9509587283) is beyond"),  # fuzz find
+        ("exp(cosh(700.0)*1e300)", "cosh(700.0) * 1e+300 is beyond"),
+        ("x + sigmoid(-1e6)", "sigmoid(-1000000.0) is below"),
+    ],
+)
+def test_constants_beyond_float64_are_refused_at_once(source, where):
+    # SymPy evaluates functions of floats in arbitrary range; cosh(cosh(1.9e5)) used
+    # to be accepted and then took minutes to print (srepr of an 80,000-digit exponent)
+    started = time.process_time()
+    with pytest.raises(ValueError, match=re.escape(where) + ".*float64's range"):
+        cl.define("big", source, inputs=("x", "y"))
+    assert time.process_time() - started < 5
+
+
+def test_large_constants_within_float64_are_kept():
+    loss = cl.define("big_ok", "cosh(700.0)*x + exp(-700.0)", inputs=("x", "y"))
+    consts = sorted(float(f) for f in loss.expr.atoms(sympy.Float))
+    assert consts == pytest.approx(sorted([math.cosh(700.0), math.exp(-700.0)]), rel=1e-15)

@@ -282,6 +282,11 @@ def assert_safe(out: Outcome) -> None:
 
 
 # Warm SymPy's lazy imports once, so that the first fuzz case is judged like the others.
+# SymPy's first Add imports sympy.tensor.tensor; the defines below need not build one
+# (with the disk cache on, shared by the xdist workers, they may be read back
+# unevaluated), so it is imported here explicitly.
+import sympy.tensor.tensor  # noqa: E402, F401
+
 for _src in (
     "(p - y)**2*k",
     "where(p > y, log(sigmoid(p)), maximum(p, y))",
