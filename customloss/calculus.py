@@ -57,8 +57,26 @@ __all__ = [
 ]
 
 
-class Sigmoid(sympy.Function):
+class _Numeric(sympy.Function):
+    """An internal function whose value at numbers is that of its elementary form.
+
+    Without ``_eval_evalf`` a constant such as ``Sigmoid(7)`` is not *comparable*, and
+    ``Min``/``Max`` refuse it (``minimum(sigmoid(7), ...)`` failed to compile; found by
+    fuzzing ``define`` + ``source``).
+    """
+
+    _elementary: Any = None  # the function passed to ``rewrite``
+
+    def _eval_evalf(self, prec: int) -> sympy.Expr | None:
+        if not all(a.is_number for a in self.args):
+            return None  # symbolic: stays itself, like SymPy's own functions
+        return self.rewrite(self._elementary)._evalf(prec)
+
+
+class Sigmoid(_Numeric):
     """Logistic sigmoid, evaluated without overflow."""
+
+    _elementary = sympy.exp
 
     nargs = 1
 
@@ -76,8 +94,10 @@ class Sigmoid(sympy.Function):
         return True if self.args[0].is_real else None
 
 
-class Softplus(sympy.Function):
+class Softplus(_Numeric):
     """``log(1 + exp(u))``, evaluated without overflow."""
+
+    _elementary = sympy.exp
 
     nargs = 1
 
@@ -94,8 +114,10 @@ class Softplus(sympy.Function):
         return True if self.args[0].is_real else None
 
 
-class LogSumExp(sympy.Function):
+class LogSumExp(_Numeric):
     """``log(sum_i exp(a_i))`` over its arguments, evaluated with the max-shift."""
+
+    _elementary = sympy.exp
 
     def fdiff(self, argindex: int = 1) -> sympy.Expr:
         return sympy.exp(self.args[argindex - 1] - self)
@@ -107,8 +129,10 @@ class LogSumExp(sympy.Function):
         return all(a.is_real for a in self.args) or None
 
 
-class LogCosh(sympy.Function):
+class LogCosh(_Numeric):
     """``log(cosh(u)) = |u| + softplus(-2|u|) - log 2``, stable for large ``|u|``."""
+
+    _elementary = sympy.cosh
 
     nargs = 1
 
@@ -504,12 +528,14 @@ class CSum(_ClassReduction):
         return _latex_power(r"\sum_{c}\left(" + printer._print(self.args[0]) + r"\right)", exp)
 
 
-class KeptExp(sympy.Function):
+class KeptExp(_Numeric):
     """``exp(u)`` that SymPy does not split: ``exp(a + log(y))`` stays one exponential.
 
     SymPy rewrites ``exp(a + log(y))`` as ``y * exp(a)``, which is ``0 * inf`` where
     ``y = 0`` and ``a`` is large; the softmax weights of a log-sum-exp need the fused form.
     """
+
+    _elementary = sympy.exp
 
     nargs = 1
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import mpmath
+import numpy as np
 import pytest
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
@@ -13,6 +14,7 @@ from sympy.codegen.cfunctions import expm1, log1p
 import customloss as cl
 from customloss import dsl
 from customloss.calculus import (
+    KeptExp,
     LogCosh,
     LogSumExp,
     Sigmoid,
@@ -106,3 +108,36 @@ def test_stable_derivative_of_bce_matches_high_precision(xv):
     got = _eval_stable(d, x=xv, y=sympy.Rational(3, 10))
     assert got.real == pytest.approx(float(ref), rel=1e-12)
     assert math.isfinite(got.real)
+
+
+@pytest.mark.parametrize(
+    "make, ref",
+    [
+        (lambda: Sigmoid(7), lambda: 1 / (1 + math.exp(-7))),
+        (lambda: Softplus(2), lambda: math.log1p(math.exp(2))),
+        (lambda: LogSumExp(1, 2), lambda: math.log(math.exp(1) + math.exp(2))),
+        (lambda: LogCosh(3), lambda: math.log(math.cosh(3))),
+        (lambda: KeptExp(sympy.Rational(1, 2)), lambda: math.exp(0.5)),
+    ],
+)
+def test_internal_functions_evaluate_at_numbers(make, ref):
+    # constants like Sigmoid(7) must be comparable, or Min/Max refuse them
+    value = make()
+    assert value.is_comparable
+    assert float(value.evalf(30)) == pytest.approx(ref(), rel=1e-14)
+    u = dsl.symbol("u")
+    assert type(make().func(u).evalf()) is make().func  # symbolic: stays itself
+
+
+def test_minimum_of_a_constant_sigmoid_compiles():
+    # found by fuzzing define + source: stabilize built Min(Sigmoid(7), ...), which SymPy
+    # refused ("The argument 'Sigmoid(7)' is not comparable")
+    loss = cl.define(
+        "min_const_sigmoid",
+        "minimum(sigmoid(7), where(769.5 >= exp(p), 0.0, p))",
+        inputs=("p", "y"),
+    )
+    p = np.array([-3.0, 0.0, 0.5, 6.0, 6.7, 7.0, 50.0])
+    ref = np.minimum(1 / (1 + np.exp(-7.0)), np.where(np.exp(p) <= 769.5, 0.0, p))
+    got = loss(p, np.zeros_like(p), reduction="none")
+    np.testing.assert_allclose(got, ref, rtol=1e-15, atol=0)
