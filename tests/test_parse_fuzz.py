@@ -463,6 +463,24 @@ def test_fuzz_legal_ast_accepted_or_refused_with_reason(case: Expr) -> None:
     _check_expression(case)
 
 
+@pytest.mark.slow
+@fuzz(150)
+@given(legal_expressions)
+def test_fuzz_legal_ast_accepted_losses_differentiate_and_compile(case: Expr) -> None:
+    # what define accepts must also differentiate and compile, in bounded time
+    # (this found minimum(sigmoid(7), ...): Min refused the constant Sigmoid(7))
+    source, _ = case
+    try:
+        loss = cl.define("fuzz", source, inputs=INPUTS, params=PARAMS)
+    except ValueError:
+        return
+    started = time.process_time()
+    loss.grad()
+    loss.source("numpy")
+    seconds = time.process_time() - started
+    assert seconds < 10, f"differentiating and compiling {source!r} took {seconds:.1f} s"
+
+
 # ---------------------------------------------------------------------------
 # the 10,000-case run
 # ---------------------------------------------------------------------------
