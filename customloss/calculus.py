@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import mpmath
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
@@ -58,25 +59,40 @@ __all__ = [
 
 
 class _Numeric(sympy.Function):
-    """An internal function whose value at numbers is that of its elementary form.
+    """An internal function with a numeric value at numbers (``evalf``).
 
     Without ``_eval_evalf`` a constant such as ``Sigmoid(7)`` is not *comparable*, and
     ``Min``/``Max`` refuse it (``minimum(sigmoid(7), ...)`` failed to compile; found by
-    fuzzing ``define`` + ``source``).
+    fuzzing ``define`` + ``source``). The value is computed with mpmath by each class's
+    stable formula (:meth:`_mp`) at 20 extra bits, never by the textbook form, which
+    loses ``Softplus(-40)`` (``log(1 + 4e-18)``) to rounding; code generation folds such
+    constants into the kernel.
     """
 
-    _elementary: Any = None  # the function passed to ``rewrite``
+    def _mp(self, *args: Any) -> Any:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
 
     def _eval_evalf(self, prec: int) -> sympy.Expr | None:
-        if not all(a.is_number for a in self.args):
+        if not self.args or not all(a.is_number for a in self.args):
             return None  # symbolic: stays itself, like SymPy's own functions
-        return self.rewrite(self._elementary)._evalf(prec)
+        try:
+            with mpmath.workprec(prec + 20):
+                args = [a._to_mpmath(prec + 20, allow_ints=False) for a in self.args]
+                value = self._mp(*args)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        return sympy.Expr._from_mpmath(value, prec)
+
+
+def _real(*args: Any) -> bool:
+    return all(isinstance(a, mpmath.mpf) for a in args)
 
 
 class Sigmoid(_Numeric):
     """Logistic sigmoid, evaluated without overflow."""
 
-    _elementary = sympy.exp
+    def _mp(self, u: Any) -> Any:
+        return 1 / (1 + mpmath.exp(-u))
 
     nargs = 1
 
@@ -97,7 +113,10 @@ class Sigmoid(_Numeric):
 class Softplus(_Numeric):
     """``log(1 + exp(u))``, evaluated without overflow."""
 
-    _elementary = sympy.exp
+    def _mp(self, u: Any) -> Any:
+        if _real(u) and u > 0:
+            return u + mpmath.log1p(mpmath.exp(-u))
+        return mpmath.log1p(mpmath.exp(u))
 
     nargs = 1
 
@@ -117,7 +136,15 @@ class Softplus(_Numeric):
 class LogSumExp(_Numeric):
     """``log(sum_i exp(a_i))`` over its arguments, evaluated with the max-shift."""
 
-    _elementary = sympy.exp
+    def _mp(self, *args: Any) -> Any:
+        if not _real(*args):
+            return mpmath.log(mpmath.fsum(mpmath.exp(a) for a in args))
+        top = max(range(len(args)), key=lambda i: args[i])
+        m = args[top]
+        if mpmath.isinf(m):
+            return m
+        rest = mpmath.fsum(mpmath.exp(a - m) for i, a in enumerate(args) if i != top)
+        return m + mpmath.log1p(rest)
 
     def fdiff(self, argindex: int = 1) -> sympy.Expr:
         return sympy.exp(self.args[argindex - 1] - self)
@@ -132,7 +159,8 @@ class LogSumExp(_Numeric):
 class LogCosh(_Numeric):
     """``log(cosh(u)) = |u| + softplus(-2|u|) - log 2``, stable for large ``|u|``."""
 
-    _elementary = sympy.cosh
+    def _mp(self, u: Any) -> Any:
+        return mpmath.log1p(2 * mpmath.sinh(u / 2) ** 2)  # cosh u = 1 + 2 sinh(u/2)**2
 
     nargs = 1
 
@@ -535,7 +563,8 @@ class KeptExp(_Numeric):
     ``y = 0`` and ``a`` is large; the softmax weights of a log-sum-exp need the fused form.
     """
 
-    _elementary = sympy.exp
+    def _mp(self, u: Any) -> Any:
+        return mpmath.exp(u)
 
     nargs = 1
 

@@ -290,33 +290,67 @@ def _check_power(node: ast.BinOp, limits: Limits) -> None:
 
 def _to_sympy(node: ast.AST, syms: dict[str, sympy.Symbol]) -> sympy.Basic:
     value = _build(node, syms)
-    if isinstance(value, sympy.Float):
-        _check_float_range(value, node)
+    _check_constant(value, node)
     return value
 
 
-def _check_float_range(value: sympy.Float, node: ast.AST) -> None:
-    """Refuse a constant SymPy evaluated to a float beyond float64's range.
+#: Floats whose binary exponent is beyond this are refused even when tiny: printing
+#: (``srepr``) a float whose exponent has thousands of digits takes minutes.
+_MAX_BINARY_EXPONENT = 1 << 20
 
-    SymPy evaluates functions of floats in arbitrary range: ``cosh(186201.95)`` is about
-    ``1e80866`` and ``cosh`` of that has an exponent of 80,000 digits, which a single
-    ``srepr`` then takes minutes to print (found by the parser fuzz test). Such a value
-    is ``inf`` or ``0`` in every compiled dtype, so it is refused here, where it appears,
-    before the next operation makes it larger.
+
+def _check_constant(value: sympy.Basic, node: ast.AST) -> None:
+    """Refuse a number this node evaluated to that no float can hold.
+
+    SymPy evaluates functions of numbers in arbitrary range: ``cosh(186201.95)`` is about
+    ``1e80866``, ``cosh`` of that has an exponent of 80,000 digits, and one ``srepr`` of
+    it then runs for minutes (found by the parser fuzz test). Exact constants
+    (``exp(exp(20))``, ``cosh(186202)``) stay symbolic in SymPy but are evaluated the
+    same way later. Every node's own number is checked as it is built: a float result,
+    the numeric coefficient of a product or sum, and the value of an exact constant.
+    Its arguments were checked already, so the first node that leaves float64's range
+    is the one refused.
+    """
+    if isinstance(value, sympy.Float):
+        _check_float_range(value, node)
+        return
+    if not isinstance(value, sympy.Expr):
+        return
+    if (value.is_Mul or value.is_Add) and isinstance(value.args[0], sympy.Float):
+        _check_float_range(value.args[0], node)
+    if value.is_Atom or not value.is_number:
+        return
+    try:
+        parts = value.evalf(17).as_real_imag()
+    except (ArithmeticError, RecursionError, TypeError, ValueError):
+        raise _fail(f"the constant {_text(node)} cannot be evaluated", node) from None
+    for part in parts:
+        if isinstance(part, sympy.Float):
+            _check_float_range(part, node)
+
+
+def _text(node: ast.AST) -> str:
+    text = ast.unparse(node)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_float_range(value: sympy.Float, node: ast.AST) -> None:
+    """Refuse a float beyond float64's range, or too small to print in bounded time.
+
+    Values below the smallest subnormal but printable are accepted, as before: they are
+    0 in every compiled dtype, like a tiny literal.
     """
     sign, man, exp, bc = value._mpf_
     if man:
         magnitude = exp + bc  # 2**(magnitude - 1) <= |value| < 2**magnitude
-        if -1073 <= magnitude <= 1024:
+        if magnitude <= 1024 and magnitude >= -_MAX_BINARY_EXPONENT:
             return
-        where = "beyond" if magnitude > 0 else "below"
+        where = "beyond float64's range" if magnitude > 0 else "too small to represent"
     elif value.is_finite is not False:
         return  # zero
     else:
-        where = "beyond"
-    text = ast.unparse(node)
-    text = text if len(text) <= 60 else text[:57] + "..."
-    raise _fail(f"the constant {text} is {where} float64's range", node)
+        where = "beyond float64's range"
+    raise _fail(f"the constant {_text(node)} is {where}", node)
 
 
 def _build(node: ast.AST, syms: dict[str, sympy.Symbol]) -> sympy.Basic:
@@ -409,7 +443,7 @@ def parse_expression(source: str, *, symbols: Iterable[str], limits: Limits = LI
         raise
     except SyntaxError as exc:
         raise ValueError(f"invalid loss expression: {exc.msg} (column {exc.offset})") from None
-    except (RecursionError, MemoryError) as exc:
+    except (RecursionError, MemoryError, OverflowError) as exc:
         raise ValueError(f"loss expression too complex to parse ({type(exc).__name__})") from None
     except TypeError as exc:
         raise ValueError(f"invalid loss expression: {exc}") from None
