@@ -11,6 +11,7 @@ can return the elementwise loss and any set of its derivatives in one pass.
 
 from __future__ import annotations
 
+import cmath
 import linecache
 import math
 import threading
@@ -72,6 +73,11 @@ class KernelPrinter(StrPrinter):
                 value = complex(expr.evalf(20))
             except TypeError:  # e.g. csum(1): "a number" to SymPy, C at run time
                 return super()._print(expr, **kwargs)
+            if not cmath.isfinite(value):
+                raise ValueError(
+                    f"the generated code would hold the constant {expr} (undefined or "
+                    "infinite: the expression or its derivative has no finite value here)"
+                )
             if value.imag != 0:
                 raise ValueError(f"expression has a complex constant: {expr}")
             return repr(float(value.real))
@@ -381,11 +387,17 @@ def generate_kernel(
     for sym, op, operands in prelude:
         lines.append(f"    {names[sym]} = R.{op}({', '.join(names[o] for o in operands)})")
     for sym, sub in replacements:
-        lines.append(f"    {sym.name} = {printer.doprint(sub)}")
+        try:
+            lines.append(f"    {sym.name} = {printer.doprint(sub)}")
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
     shape_set = set(shape_args)
     rets = []
     for i, expr in enumerate(reduced):
-        code = printer.doprint(expr)
+        try:
+            code = printer.doprint(expr)
+        except ValueError as exc:
+            raise ValueError(f"{name}, output {outputs[i][0]!r}: {exc}") from None
         if expand is not None:
             if expand[i] == "full":
                 code = f"R.expand({code}, {ref})"

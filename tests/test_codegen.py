@@ -158,3 +158,11 @@ def test_guard_leaves_products_of_several_vanishing_factors():
     exact = 1e-30 * 1e-20 * (1e25 - 1e-20) ** 2
     v64 = loss(np.array([1e25]), np.array([1e-20]), reduction="none")
     np.testing.assert_allclose(v64, exact, rtol=1e-12)
+
+
+def test_an_undefined_derivative_is_refused_with_its_name():
+    # d/dp 0.0**p = 0.0**p * log(0.0) is nan: the kernel would hold a nan constant
+    loss = cl.define("zero_pow", "0.0**p", inputs=("p", "y"))
+    with pytest.raises(ValueError, match=r"'d_p'.*constant nan.*no finite value"):
+        loss.source("numpy")
+    assert float(loss(2.0, 0.0)) == 0.0  # the value itself is fine
