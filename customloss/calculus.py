@@ -29,7 +29,7 @@ chain-rule factor, is handled by the printers' safe power (see :mod:`customloss.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import mpmath
@@ -324,16 +324,8 @@ def stabilize(expr: sympy.Expr) -> sympy.Expr:
         An equal expression using :class:`Sigmoid`, :class:`Softplus`,
         :class:`LogSumExp`, :class:`LogCosh`, ``log1p`` and ``expm1`` where they apply.
     """
-    memo: dict[sympy.Basic, sympy.Basic] = {}
 
-    def visit(e: sympy.Basic) -> sympy.Basic:
-        if e.is_Atom:
-            return e
-        hit = memo.get(e)
-        if hit is not None:
-            return hit
-        args = tuple(visit(a) for a in e.args)
-        new = e.func(*args) if args != e.args else e
+    def at_node(new: sympy.Basic, visit: Callable[[sympy.Basic], sympy.Basic]) -> sympy.Basic:
         for _ in range(8):  # a rule may enable another at the same node
             before = new
             for cls, rule in _RULES:
@@ -343,6 +335,31 @@ def stabilize(expr: sympy.Expr) -> sympy.Expr:
                 break
             if not new.is_Atom:
                 new = new.func(*(visit(a) for a in new.args))
+        return new
+
+    return _bottom_up(expr, at_node)
+
+
+def _bottom_up(
+    expr: sympy.Basic,
+    at_node: Callable[[sympy.Basic, Callable[[sympy.Basic], sympy.Basic]], sympy.Basic],
+) -> sympy.Basic:
+    """Rebuild ``expr`` from the leaves up, applying ``at_node`` to every rebuilt node.
+
+    Memoised per subexpression (shared subtrees are rewritten once). ``at_node`` gets the
+    node, its arguments already rewritten, and the rewriting function itself, for
+    arguments a rule creates.
+    """
+    memo: dict[sympy.Basic, sympy.Basic] = {}
+
+    def visit(e: sympy.Basic) -> sympy.Basic:
+        if e.is_Atom:
+            return e
+        hit = memo.get(e)
+        if hit is not None:
+            return hit
+        args = tuple(visit(a) for a in e.args)
+        new = at_node(e.func(*args) if args != e.args else e, visit)
         memo[e] = new
         return new
 
@@ -432,22 +449,9 @@ def merge_powers(expr: sympy.Expr) -> sympy.Expr:
     Returns:
         The expression with each product's same-base factors merged into one power.
     """
-    memo: dict[sympy.Basic, sympy.Basic] = {}
-
-    def visit(e: sympy.Basic) -> sympy.Basic:
-        if e.is_Atom:
-            return e
-        hit = memo.get(e)
-        if hit is not None:
-            return hit
-        args = tuple(visit(a) for a in e.args)
-        new = e.func(*args) if args != e.args else e
-        if new.is_Mul and new.is_commutative:
-            new = _merge_mul(new)
-        memo[e] = new
-        return new
-
-    return visit(expr)
+    return _bottom_up(
+        expr, lambda new, _: _merge_mul(new) if new.is_Mul and new.is_commutative else new
+    )
 
 
 def _powsimp_rules(args: tuple[sympy.Expr, ...]) -> bool:
@@ -783,11 +787,7 @@ def gather_targets(
         masked = masked.xreplace({s: gathered[s] for s in masked.free_symbols & per_class})
         return masked.xreplace(dict(zip(dummies, reds, strict=False)))
 
-    def visit(e: sympy.Basic) -> sympy.Basic:
-        if e.is_Atom:
-            return e
-        args = tuple(visit(a) for a in e.args)
-        node = e.func(*args) if args != e.args else e
+    def at_node(node: sympy.Basic, _: Callable[[sympy.Basic], sympy.Basic]) -> sympy.Basic:
         if isinstance(node, _ClassReduction) and node.has(target):
             (u,) = node.args
             if not isinstance(node, CSum):
@@ -805,7 +805,7 @@ def gather_targets(
             return (CSum(a) if a != 0 else sympy.S.Zero) + at_target(b)
         return node
 
-    out = visit(expr)
+    out = _bottom_up(expr, at_node)
     if out.has(target):
         raise NonLinearTargetError("the target is used outside csum(); cannot gather class indices")
     return out
