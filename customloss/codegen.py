@@ -237,16 +237,17 @@ def guard_vanishing_products(expr: sympy.Expr) -> sympy.Expr:
     products (in the value and in every derivative, *after* differentiation, so no
     derivative is changed) become ``_ZeroTimes(factor, rest)``, which is ``factor *
     rest`` except that an exact 0 factor gives 0 when ``rest`` is ``inf`` (a ``nan`` in
-    ``rest`` still propagates; an infinite *input* gives 0 there too, not nan).  Only a
-    product with exactly one such factor is guarded: in ``k*y*x**2`` the product ``k*y``
-    could underflow to 0 from non-zero values, and the guard would turn the ``nan`` that
-    reports it into a wrong 0.  The
-    runtimes write it ``factor * where(factor == 0 & isinf(rest), 0, rest)``, so autograd
-    through a recomputed kernel (``create_graph``) still gets ``d/dfactor = rest``.  The factor is the product of the polynomial,
-    non-constant factors (``y``, ``w - 1``, ``1 + (w - 1)*y``, ``csum(alpha*y)``);
-    ``rest`` holds the rest; the overflowing factors are powers like ``x**2`` and
-    ``exp`` of a non-constant argument.
-    Only products that hold such a power are touched, so most kernels are unchanged.
+    ``rest`` still propagates; an infinite *input* gives 0 there too, not nan).
+
+    The factor is a polynomial, non-constant factor (``y``, ``w - 1``, ``1 + (w - 1)*y``,
+    ``csum(alpha*y)``); ``rest`` holds the rest; the overflowing factors are powers like
+    ``x**2`` and ``exp`` of a non-constant argument. Only a product with exactly one such
+    factor is guarded: in ``k*y*x**2`` the product ``k*y`` could underflow to 0 from
+    non-zero values, and the guard would turn the ``nan`` that reports it into a wrong 0.
+    Only products that hold an overflowing factor are touched, so most kernels are
+    unchanged. The runtimes write it ``factor * where(factor == 0 & isinf(rest), 0,
+    rest)``, so autograd through a recomputed kernel (``create_graph``) still gets
+    ``d/dfactor = rest``.
     """
 
     from customloss.calculus import CSum
@@ -387,17 +388,11 @@ def generate_kernel(
     for sym, op, operands in prelude:
         lines.append(f"    {names[sym]} = R.{op}({', '.join(names[o] for o in operands)})")
     for sym, sub in replacements:
-        try:
-            lines.append(f"    {sym.name} = {printer.doprint(sub)}")
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+        lines.append(f"    {sym.name} = {_code(printer, sub, name)}")
     shape_set = set(shape_args)
     rets = []
     for i, expr in enumerate(reduced):
-        try:
-            code = printer.doprint(expr)
-        except ValueError as exc:
-            raise ValueError(f"{name}, output {outputs[i][0]!r}: {exc}") from None
+        code = _code(printer, expr, f"{name}, output {outputs[i][0]!r}")
         if expand is not None:
             if expand[i] == "full":
                 code = f"R.expand({code}, {ref})"
@@ -409,6 +404,14 @@ def generate_kernel(
     lines.append(f"    return ({', '.join(rets)},)")
     source = "\n".join(lines) + "\n"
     return kernel_from_source(name, source, ident, [lbl for lbl, _ in outputs], runtime)
+
+
+def _code(printer: KernelPrinter, expr: sympy.Expr, where: str) -> str:
+    """``printer.doprint(expr)``; a refusal (a non-finite constant, ...) names ``where``."""
+    try:
+        return printer.doprint(expr)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def kernel_from_source(
