@@ -284,13 +284,7 @@ class LossFunction(torch.autograd.Function):
         for n, t in zip(names, (input, target, *params), strict=False):
             if n in grads:
                 d = grads[n]
-                if (
-                    in_place
-                    and ctx.fused_owned
-                    and d.shape == t.shape
-                    and d.is_contiguous()
-                    and d.dtype == cdt
-                ):
+                if in_place and ctx.fused_owned and _scalable_in_place(d, t, cdt):
                     d = d.mul_(scale)
                 else:
                     d = d * scale
@@ -298,6 +292,11 @@ class LossFunction(torch.autograd.Function):
             else:
                 result.append(None)
         return tuple(result)
+
+
+def _scalable_in_place(d: torch.Tensor, t: torch.Tensor, cdt: torch.dtype) -> bool:
+    """Whether an owned gradient buffer ``d`` for ``t`` can be scaled in place and returned."""
+    return d.shape == t.shape and d.is_contiguous() and d.dtype == cdt
 
 
 def _owned(t: Any, others: tuple[Any, ...]) -> bool:

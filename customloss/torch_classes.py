@@ -24,6 +24,7 @@ from customloss.torch_backend import (
     _as_tensor,
     _float_input,
     _owned,
+    _scalable_in_place,
     _sum_to,
     _target_tensor,
 )
@@ -149,13 +150,10 @@ class ClassLossFunction(torch.autograd.Function):
             values = values * weight.to(cdt)
         den = None
         if reduction == "mean":
-            if mode == "index":
-                if norm is not None:
-                    den = (norm if valid is None else torch.where(valid, norm, 0.0)).sum()
-                elif valid is not None:
-                    den = valid.sum().to(cdt)
-                else:
-                    den = torch.tensor(float(values.numel()), dtype=cdt, device=values.device)
+            if mode == "index" and norm is not None:
+                den = (norm if valid is None else torch.where(valid, norm, 0.0)).sum()
+            elif mode == "index" and valid is not None:
+                den = valid.sum().to(cdt)
             else:
                 den = torch.tensor(float(values.numel()), dtype=cdt, device=values.device)
             out = values.sum() / den
@@ -234,13 +232,7 @@ class ClassLossFunction(torch.autograd.Function):
             if n not in loss.per_class:
                 result.append(masked(d * scale).sum().reshape(t.shape).to(t.dtype))
                 continue
-            own = (
-                in_place
-                and owned[0]
-                and d.shape == t.shape
-                and d.is_contiguous()
-                and d.dtype == cdt
-            )
+            own = in_place and owned[0] and _scalable_in_place(d, t, cdt)
             dense = masked(d.mul_(scale) if own else d * scale)
             gathers = mode == "index" and loss._index_gathers()
             at = masked(outs.pop(0) * scale) if gathers else None
