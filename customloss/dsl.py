@@ -72,8 +72,8 @@ def _log_stays(x: sympy.Expr) -> bool:
     """Whether ``sympy.log(x)`` is sure to stay the unevaluated ``log(x)``.
 
     ``log.eval`` only rewrites numbers, ``exp``/``E**u`` arguments, arguments with the
-    imaginary unit and arguments it can prove zero. For a sum, product, power or
-    function of real symbols the last question is the only one left, and it is what
+    imaginary unit and arguments it can prove zero. For a sum, product or power of real
+    symbols (not ``E**u``) the last question is the only one left, and it is what
     makes defining a loss slow: ``(1 - sigmoid(x)).is_zero`` runs ~10 ms of assumption
     queries (cProfile, docs/performance.md) to answer ``None``. Such an argument is
     never literally zero (SymPy folds ``u - u`` and ``0*u``), so a zero that SymPy

@@ -343,7 +343,7 @@ def _check_float_range(value: sympy.Float, node: ast.AST) -> None:
     sign, man, exp, bc = value._mpf_
     if man:
         magnitude = exp + bc  # 2**(magnitude - 1) <= |value| < 2**magnitude
-        if magnitude <= 1024 and magnitude >= -_MAX_BINARY_EXPONENT:
+        if -_MAX_BINARY_EXPONENT <= magnitude <= 1024:
             return
         where = "beyond float64's range" if magnitude > 0 else "too small to represent"
     elif value.is_finite is not False:
