@@ -191,3 +191,24 @@ def check_domain(what: str, values: Any, domain: str) -> None:
         raise ValueError(
             f"{what} must be {DOMAINS[domain]}; found {float(first)!r} ({int(bad.sum())} value(s) outside)"
         )
+
+
+def check_mean_denominator(loss: Any, learned: Sequence[str]) -> None:
+    """Refuse gradients of params in the weighted mean's denominator (index targets).
+
+    With class-index targets, ``reduction="mean"`` divides by ``index_mean_weight``
+    summed over the samples (``sum_n w[y_n]`` for class weights, as
+    ``F.cross_entropy``); the kernels treat that denominator as a constant, which is
+    exact for every param it does not contain.
+    """
+    if loss.index_mean_weight is None:
+        return
+    inside = {s.name for s in loss.index_mean_weight.free_symbols}
+    for name in learned:
+        if name in inside:
+            raise NotImplementedError(
+                f"loss {loss.name!r}: the gradient of {name!r} through the weighted mean "
+                "with class-index targets is not supported (it is in the mean's "
+                "denominator); use reduction='sum' and divide by the weight total, or "
+                "probability targets"
+            )

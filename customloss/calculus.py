@@ -490,11 +490,39 @@ def _merge_mul(m: sympy.Mul) -> sympy.Expr:
     return sympy.Mul(*(base ** sympy.Add(*exps) for base, exps in groups.items()))
 
 
+#: functions that are constant between jumps: their derivative is 0 almost everywhere
+_STEP_FUNCTIONS = (sympy.floor, sympy.ceiling, sympy.sign, sympy.Heaviside)
+
+
+def almost_everywhere(expr: sympy.Expr) -> sympy.Expr:
+    """The derivative ``expr`` as compiled code computes it: 0 where it is a point mass.
+
+    SymPy differentiates ``Heaviside(u)`` and ``sign(u)`` to ``DiracDelta(u)`` terms
+    and leaves ``Derivative(floor(u), x)`` unevaluated. Both are 0 except on a set of
+    measure zero, and that is the value autograd gives (``torch.floor``, ``torch.sign``
+    and ``torch.heaviside``-style steps have gradient 0), so kernels use 0. ``grad()``
+    keeps SymPy's exact form for printing.
+    """
+    if not expr.has(sympy.DiracDelta, sympy.Derivative):
+        return expr
+    # (bottom-up: d floor(u)/dx is Subs(Derivative(floor(xi), xi), xi, u), whose
+    # Derivative becomes 0 first, then the Subs of 0)
+    return expr.replace(
+        lambda e: (
+            isinstance(e, sympy.DiracDelta)
+            or (isinstance(e, sympy.Derivative) and isinstance(e.expr, _STEP_FUNCTIONS))
+            or (isinstance(e, sympy.Subs) and e.expr == 0)
+        ),
+        lambda e: sympy.S.Zero,
+    )
+
+
 def _tidy(expr: sympy.Expr) -> sympy.Expr:
-    # Merge powers of one base (b**g / b -> b**(g-1)) so no 0/0 remains, then
-    # re-stabilise forms the differentiation created (1 - Sigmoid(u), ...), then keep
-    # vanishing chain-rule factors from meeting infinite ones.
-    return _guard_products(stabilize(merge_powers(expr)))
+    # Point masses (DiracDelta, d floor/dx) are 0 almost everywhere; merge powers of
+    # one base (b**g / b -> b**(g-1)) so no 0/0 remains, then re-stabilise forms the
+    # differentiation created (1 - Sigmoid(u), ...), then keep vanishing chain-rule
+    # factors from meeting infinite ones.
+    return _guard_products(stabilize(merge_powers(almost_everywhere(expr))))
 
 
 def stable_derivatives(stable_expr: sympy.Expr, wrt: Iterable[sympy.Symbol]) -> list[sympy.Expr]:
@@ -612,7 +640,9 @@ class CMax(_ClassReduction):
     _label = "cmax"
 
     def weight(self) -> sympy.Expr:
-        hit = sympy.Piecewise((1, sympy.Eq(self.args[0], self)), (0, True))
+        hit = sympy.Piecewise(
+            (1, sympy.Eq(self.args[0], self, evaluate=False)), (0, True), evaluate=False
+        )
         return hit / CSum(hit)
 
     def _latex(self, printer: Any, exp: Any = None) -> str:
@@ -664,7 +694,7 @@ def class_derivative(expr: sympy.Expr, v: sympy.Symbol) -> sympy.Expr:
         The derivative as a per-class expression (it may contain reductions).
     """
     reds = _top_reductions(expr)
-    dummies = [sympy.Dummy(f"r{i}") for i in range(len(reds))]
+    dummies = [sympy.Dummy(f"r{i}", real=True) for i in range(len(reds))]
     e_r = expr.xreplace(dict(zip(reds, dummies, strict=False)))
     out = _diff(e_r, v)
     for red, r in zip(reds, dummies, strict=False):
@@ -678,7 +708,7 @@ def _reduction_derivative(red: _ClassReduction, v: sympy.Symbol) -> sympy.Expr:
     (u,) = red.args
     w = red.weight()
     inner = _top_reductions(u)
-    dummies = [sympy.Dummy(f"i{i}") for i in range(len(inner))]
+    dummies = [sympy.Dummy(f"i{i}", real=True) for i in range(len(inner))]
     u_r = u.xreplace(dict(zip(inner, dummies, strict=False)))
     out = w * _diff(u_r, v)
     for red_in, r in zip(inner, dummies, strict=False):
@@ -762,6 +792,21 @@ class NonLinearTargetError(ValueError):
     """The loss uses the target non-linearly, so class-index targets cannot be gathered."""
 
 
+def _sums_of_products_in(e: sympy.Basic, y: sympy.Symbol) -> bool:
+    """Whether ``y`` enters ``e`` only through sums and products.
+
+    The derivative test alone misses a ``y`` inside a function or a condition:
+    ``d/dy where(y > 0.5, a, b)`` is 0 almost everywhere, yet the expression is not
+    ``a + y*b`` (the review found ``csum(where(y > 0.5, ...))`` gathered as if the
+    target were absent).
+    """
+    if e == y or not e.has(y):
+        return True
+    if isinstance(e, (sympy.Add, sympy.Mul)):
+        return all(_sums_of_products_in(a, y) for a in e.args)
+    return False
+
+
 def gather_targets(
     expr: sympy.Expr,
     target: sympy.Symbol,
@@ -797,7 +842,7 @@ def gather_targets(
                 )
             b = _diff(u, target)
             a = u.subs(target, 0)
-            if b.has(target) or a.has(target):
+            if not _sums_of_products_in(u, target) or b.has(target) or a.has(target):
                 raise NonLinearTargetError(
                     "the target is used non-linearly inside csum(); give probability "
                     "(one-hot) targets instead of class indices"

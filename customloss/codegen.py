@@ -22,7 +22,7 @@ from typing import Any
 import sympy
 from sympy.printing.str import StrPrinter
 
-__all__ = ["FUNCTION_TABLE", "Kernel", "KernelPrinter", "generate_kernel"]
+__all__ = ["FUNCTION_TABLE", "Kernel", "KernelPrinter", "generate_kernel", "uncompilable"]
 
 #: SymPy function class name -> runtime operation name.
 FUNCTION_TABLE: dict[str, str] = {
@@ -49,6 +49,36 @@ FUNCTION_TABLE: dict[str, str] = {
     "floor": "floor",
     "ceiling": "ceil",
 }
+
+
+def uncompilable(expr: sympy.Basic) -> list[str]:
+    """Names of the functions in ``expr`` that no generated kernel can compute, sorted.
+
+    A function compiles when :data:`FUNCTION_TABLE` maps it or :class:`KernelPrinter`
+    prints it itself (``Piecewise``, ``Heaviside``, the class reductions, ...). Undefined
+    functions (``sympy.Function("f")``) never do. ``Loss`` refuses such an expression
+    when it is defined, not at its first call.
+    """
+    from sympy.core.function import AppliedUndef
+
+    bad = set()
+    for f in expr.atoms(sympy.Function):
+        name = type(f).__name__
+        if isinstance(f, AppliedUndef) or (
+            name not in FUNCTION_TABLE and f"_print_{name}" not in vars(KernelPrinter)
+        ):
+            bad.add(name)
+    return sorted(bad)
+
+
+#: the SymPy functions a user's expression may contain (for messages); the others in
+#: FUNCTION_TABLE are customloss's internal stable forms
+USER_FUNCTIONS = tuple(
+    sorted(
+        {n for n in FUNCTION_TABLE if n[0].islower() or n in ("Abs", "Max", "Min")}
+        | {"Heaviside", "Piecewise"}
+    )
+)
 
 
 class KernelPrinter(StrPrinter):
@@ -184,7 +214,9 @@ class KernelPrinter(StrPrinter):
         return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
 
     def _print_Not(self, expr: sympy.Not) -> str:
-        return f"(~{self._print(expr.args[0])})"
+        # R.not_, not ~: a condition on a param specialised to a constant is a Python
+        # bool, and ~True is -2
+        return f"R.not_({self._print(expr.args[0])})"
 
     def _print_BooleanTrue(self, expr: Any) -> str:
         return "True"
@@ -393,6 +425,10 @@ def generate_kernel(
     rets = []
     for i, expr in enumerate(reduced):
         code = _code(printer, expr, f"{name}, output {outputs[i][0]!r}")
+        if expr in args:
+            # an output that is an argument itself (d(p*y)/dp = y) is copied: the
+            # caller owns what it gets back and may change it in place
+            code = f"R.copy({code})"
         if expand is not None:
             if expand[i] == "full":
                 code = f"R.expand({code}, {ref})"

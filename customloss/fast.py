@@ -77,6 +77,7 @@ tests check values and gradients, also at logits of +-1e4.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import sys
@@ -244,7 +245,11 @@ def _is_compiling(torch: Any) -> bool:
 def _specialization(
     kernel: Kernel, args: tuple[Any, ...], torch: Any
 ) -> tuple[tuple[int, float], ...]:
-    """Params (positions >= 2) that are 0-d CPU float tensors not needing grad."""
+    """Params (positions >= 2) that are finite 0-d CPU float tensors not needing grad.
+
+    (``inf``/``nan`` stay runtime arguments: their ``repr`` is no Python literal, and
+    ``nan != nan`` would take a new specialisation slot on every call.)
+    """
     spec = []
     for i in range(2, len(args)):
         a = args[i]
@@ -255,7 +260,9 @@ def _specialization(
             and a.is_floating_point()
             and not a.requires_grad
         ):
-            spec.append((i, float(a.item())))
+            value = float(a.item())
+            if math.isfinite(value):
+                spec.append((i, value))
     return tuple(spec)
 
 

@@ -161,6 +161,13 @@ class Loss:
             raise ValueError(f"loss {name!r}: unknown symbol {unknown[0]!r}")
         if expr.has(sympy.I) or expr.has(*_singular()):
             raise ValueError(f"loss {name!r}: the expression is not a finite real expression")
+        if bad_functions := codegen.uncompilable(expr):
+            raise ValueError(
+                f"loss {name!r}: no compiled form for the function {bad_functions[0]!r}; "
+                "the SymPy functions that compile are "
+                + ", ".join(sorted(codegen.USER_FUNCTIONS, key=str.lower))
+                + " (and the DSL's, see docs/dsl.md)"
+            )
         self.name = name
         self.inputs: tuple[str, ...] = inputs
         self.params: dict[str, ParamDefault] = {

@@ -177,7 +177,19 @@ class MultiTask:
         }
 
     def combine(self, losses: Mapping[str, Any], log_vars: Mapping[str, Any] | None = None) -> Any:
-        """Combine task losses with the weighting (``log_vars`` for "uncertainty")."""
+        """Combine task losses with the weighting (``log_vars`` for "uncertainty").
+
+        Raises:
+            ValueError: a task loss is not a scalar (e.g. ``reduction="none"``): the
+                tasks' per-sample shapes need not agree, so nothing is broadcast.
+        """
+        for t in self.tasks:
+            shape = getattr(losses[t], "shape", ())
+            if len(shape) != 0:
+                raise ValueError(
+                    f"task {t!r}: its loss has shape {tuple(shape)}, but the objective "
+                    "combines scalars; give that task reduction='mean' or 'sum'"
+                )
         if self.weighting == "uncertainty":
             s = log_vars if log_vars is not None else self.log_vars
             total = 0.0

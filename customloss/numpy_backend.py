@@ -69,6 +69,9 @@ class _NumpyOps:
     def heaviside(x: Any, h0: float) -> Any:
         return np.heaviside(x, h0)
 
+    not_ = staticmethod(np.logical_not)
+    copy = staticmethod(np.copy)
+
     @staticmethod
     def where(cond: Any, a: Any, b: Any, ref: Any) -> Any:
         return np.where(cond, a, b).astype(ref.dtype, copy=False)

@@ -140,6 +140,8 @@ def gradient(
     mode = prep["mode"]
     if wrt == loss.inputs[1] and mode == "index":
         raise ValueError("class-index targets have no gradient")
+    if mode == "index" and reduction == "mean":
+        _validate.check_mean_denominator(loss, [wrt])
     with np.errstate(all="ignore"):
         x, tgt, ps = prep["x"], prep["target"], prep["params"]
         _, den = _values(loss, prep)

@@ -36,6 +36,7 @@ CONFIG_KEYS = (
     "customloss_version",
     "sha256",
     "domains",
+    "options",
 )
 _FUNCS = {
     "exp": "exp",
@@ -150,6 +151,11 @@ def to_config(loss: Loss) -> dict[str, Any]:
         cfg["class_params"] = [k for k in loss.per_class if k in loss.params and k not in implicit]
         if loss.index_mean_weight is not None:
             cfg["index_mean_weight"] = to_dsl(loss.index_mean_weight)
+        # call options (ignore_index, class_dim); None (the default class_dim) is left
+        # out: TOML has no null
+        options = {k: v for k, v in loss.options.items() if v is not None}
+        if options:
+            cfg["options"] = options
     return cfg
 
 
@@ -190,6 +196,15 @@ def from_config(config: Mapping[str, Any]) -> Loss:
         index_mean_weight=config.get("index_mean_weight"),
         domains=config.get("domains"),
     )
+    options = config.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ValueError("loss config 'options' must be a table/dict of option -> value")
+    bad = [k for k in options if k not in loss.options]
+    if bad:
+        valid = ", ".join(loss.options) or "none (only class-axis losses take options)"
+        raise ValueError(f"loss config has the unknown option {bad[0]!r}; valid options: {valid}")
+    if options:
+        loss = loss.with_defaults(**options)
     digest = config.get("sha256")
     if digest is not None:
         names = [*loss.inputs, *loss.params]

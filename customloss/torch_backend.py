@@ -16,6 +16,7 @@ placed on the input's device.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,8 +58,16 @@ class _TorchOps:
         return F.softplus(x)
 
     @staticmethod
-    def logsumexp(*args: torch.Tensor) -> torch.Tensor:
-        return torch.logsumexp(torch.stack(torch.broadcast_tensors(*args)), dim=0)
+    def logsumexp(*args: torch.Tensor | float) -> torch.Tensor:
+        # the generated code may pass a constant term (log(1 + exp(p)) -> logsumexp(0, p))
+        ref = next(a for a in args if isinstance(a, torch.Tensor))
+        terms = [
+            a
+            if isinstance(a, torch.Tensor)
+            else torch.full((), a, dtype=ref.dtype, device=ref.device)
+            for a in args
+        ]
+        return torch.logsumexp(torch.stack(torch.broadcast_tensors(*terms)), dim=0)
 
     @staticmethod
     def logcosh(x: torch.Tensor) -> torch.Tensor:
@@ -85,15 +94,24 @@ class _TorchOps:
     def heaviside(x: torch.Tensor, h0: float) -> torch.Tensor:
         return torch.heaviside(x, torch.tensor(h0, dtype=x.dtype, device=x.device))
 
+    copy = staticmethod(torch.clone)
+
+    @staticmethod
+    def not_(cond: Any) -> Any:
+        # a condition on a param specialised to a constant is a Python bool
+        return (not cond) if isinstance(cond, bool) else torch.logical_not(cond)
+
     @staticmethod
     def where(cond: Any, a: Any, b: Any, ref: torch.Tensor) -> torch.Tensor:
         if isinstance(cond, bool):  # a condition on a param specialised to a constant
-            a = a if cond else b
-            return (
-                a
-                if isinstance(a, torch.Tensor)
-                else torch.tensor(a, dtype=ref.dtype, device=ref.device)
+            a, b = (
+                v
+                if isinstance(v, torch.Tensor)
+                else torch.tensor(v, dtype=ref.dtype, device=ref.device)
+                for v in (a, b)
             )
+            # the shape torch.where gives: both branches broadcast
+            return (a if cond else b).expand(torch.broadcast_shapes(a.shape, b.shape))
         if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
             a = torch.tensor(a, dtype=ref.dtype, device=ref.device)
         return torch.where(cond, a, b)
@@ -319,7 +337,8 @@ def _owned(t: Any, others: tuple[Any, ...]) -> bool:
 def _check_tensor(x: Any, what: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(
-            f"{what} must be a torch.Tensor when the input is one, got {type(x).__name__}"
+            f"{what} must be a torch.Tensor (another argument is one, so the torch "
+            f"backend runs), got {type(x).__name__}"
         )
     return x
 
@@ -356,6 +375,9 @@ def _as_tensor(what: str, value: Any, like: torch.Tensor) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         if value.is_complex():
             raise TypeError(f"{what} must be real")
+        if value.device != like.device and not (value.dim() == 0 and value.device.type == "cpu"):
+            # as torch's own operators: only a 0-d CPU tensor may meet another device
+            raise ValueError(f"{what} is on device {value.device} but input is on {like.device}")
         t = value if value.is_floating_point() else value.to(like.dtype)
         return t.to(like.device)
     dtype = torch.float32 if like.dtype in _HALF else like.dtype
@@ -421,6 +443,17 @@ class LossModule(torch.nn.Module):
             # float64 buffers: a float64 input must not see params rounded to float32
             # (the backend casts them to the compute dtype of each call)
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.float64))
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        # A parent model's .to(torch.bfloat16) / .half() casts every floating buffer;
+        # the params stay float64 (beta = 0.999 would become 1.0), moves still apply.
+        def keep_float64(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if t.dtype == torch.float64 and out.dtype != torch.float64:
+                out = t.to(device=out.device)
+            return out
+
+        return super()._apply(keep_float64, recurse)
 
     def forward(
         self,

@@ -263,16 +263,9 @@ def evaluate(
 ) -> torch.Tensor:
     """Evaluate a class-axis ``loss`` on tensors (see ``Loss.__call__``)."""
     prep = _prepare(loss, input, target, weight, params, class_dim, ignore_index)
-    if (
-        prep["mode"] == "index"
-        and reduction == "mean"
-        and loss.index_mean_weight is not None
-        and any(p.requires_grad for p in prep["params"])
-    ):
-        raise NotImplementedError(
-            f"loss {loss.name!r}: gradients of params through the weighted mean with "
-            "class-index targets are not supported; use reduction='sum'"
-        )
+    if prep["mode"] == "index" and reduction == "mean":
+        learned = [n for n, p in zip(loss.params, prep["params"], strict=True) if p.requires_grad]
+        _validate.check_mean_denominator(loss, learned)
     return ClassLossFunction.apply(
         loss,
         prep["mode"],

@@ -144,3 +144,79 @@ def test_class_dim_zero_on_two_dimensional_input():
     ce = cl.get("cross_entropy")
     torch.testing.assert_close(ce(z.T.contiguous(), t, class_dim=0), ref)
     assert float(ce(z.T.numpy(), t.numpy(), class_dim=0)) == pytest.approx(ref.item())
+
+
+# --------------------------------------------------------------------------- review findings
+
+
+def _index_and_onehot(loss: cl.Loss, z: torch.Tensor, t: torch.Tensor, ref) -> None:
+    """The loss with index and one-hot targets equals torch autograd of ``ref``."""
+    onehot = F.one_hot(t, z.shape[1]).to(z.dtype)
+    zr = z.detach().clone().requires_grad_()
+    want = ref(zr, onehot)
+    want.backward()
+    for target in (t, onehot):
+        zz = z.detach().clone().requires_grad_()
+        got = loss(zz, target, reduction="sum")
+        got.backward()
+        torch.testing.assert_close(got, want.detach())
+        torch.testing.assert_close(zz.grad, zr.grad)
+
+
+def test_a_condition_on_the_target_inside_csum_is_not_gathered() -> None:
+    # d/dy where(y > 0.5, a, b) is 0, which made csum(where(...)) look linear in y and
+    # the index-target kernel dropped the target (one-vs-all hinge: 4.0 instead of 0)
+    @cl.loss(classes=True)
+    def ova(z, y):
+        return cl.csum(cl.where(y > 0.5, cl.relu(1 - z), cl.relu(1 + z)))
+
+    z = torch.tensor([[3.0, -2.0, -2.0], [0.5, 0.2, -3.0]], dtype=torch.float64)
+    _index_and_onehot(
+        ova,
+        z,
+        torch.tensor([0, 1]),
+        lambda z, y: torch.where(y > 0.5, torch.relu(1 - z), torch.relu(1 + z)).sum(),
+    )
+
+
+def test_abs_around_a_class_reduction_differentiates() -> None:
+    @cl.loss(classes=True)
+    def mae(z, y):
+        return cl.csum(cl.abs(cl.softmax(z) - y))
+
+    z = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    _index_and_onehot(
+        mae, z, torch.tensor([0, 1, 2, 3, 1]), lambda z, y: (torch.softmax(z, 1) - y).abs().sum()
+    )
+
+
+@pytest.mark.parametrize("k", [2.0, 0.5, 3.0])
+def test_cmax_of_a_target_shifted_logit(k: float) -> None:
+    # CMax.weight's Piecewise(Eq(u, cmax(u))) recursed forever in SymPy's Piecewise.eval
+    loss = cl.define("m", f"cmax(z - {k}*y)", inputs=("z", "y"), classes=True)
+    z = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    _index_and_onehot(loss, z, torch.tensor([0, 1, 2, 1]), lambda z, y: (z - k * y).amax(1).sum())
+
+
+def test_param_gradients_through_the_index_mean() -> None:
+    ce = cl.get("cross_entropy")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, dtype=torch.float64, generator=g)
+    t = torch.tensor([0, 1, 2, 1, 0, 2])
+    # label_smoothing is not in the mean's denominator: its gradient is supported
+    eps = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    ce(x, t, label_smoothing=eps).backward()
+    eps_ref = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    lp = torch.log_softmax(x, 1)
+    ((1 - eps_ref) * -lp.gather(1, t[:, None])[:, 0] + eps_ref * -lp.mean(1)).mean().backward()
+    torch.testing.assert_close(eps.grad, eps_ref.grad)
+    np.testing.assert_allclose(
+        ce.gradient(x.numpy(), t.numpy(), wrt="label_smoothing", label_smoothing=0.1),
+        eps_ref.grad.item(),
+    )
+    # class_weight is (sum_n w[y_n]): refused by both backends, not silently wrong
+    w = np.array([0.5, 2.0, 1.0])
+    with pytest.raises(NotImplementedError, match="'class_weight' through the weighted mean"):
+        ce.gradient(x.numpy(), t.numpy(), wrt="class_weight", class_weight=w)
+    with pytest.raises(NotImplementedError, match="'class_weight' through the weighted mean"):
+        ce(x, t, class_weight=torch.tensor(w, requires_grad=True))

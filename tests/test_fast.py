@@ -550,3 +550,48 @@ def test_background_compile_is_swapped_in(monkeypatch: pytest.MonkeyPatch) -> No
     torch.testing.assert_close(x.grad, torch.autograd.grad(F.huber_loss(x, y), x)[0])
     (st,) = [s for s in fast.status() if s.name.startswith("huber_fast_test")]
     assert st.compiled_calls == before + 1
+
+
+# --------------------------------------------------------------------------- specialised params
+
+
+@pytest.mark.slow
+def test_compiled_kernels_with_a_condition_on_a_specialised_param(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a param given as a number is specialised to a constant in the compiled wrapper;
+    # `not (k > 0 and k < 2)` then is a Python bool, and ~True is -2 (the compile
+    # failed and the kernel stayed eager). Reference: the formula in torch.
+    loss = cl.define(
+        "not_k", "where(not ((k > 0) and (k < 2)), p**2, p)", inputs=("p", "y"), params={"k": 1.0}
+    )
+    x = torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64)
+    y = torch.zeros(3, dtype=torch.float64)
+    for k in (1.0, 3.0):
+        statuses = fast.compile_ahead(loss, x, y, k=k)
+        assert statuses and all(s.state == "ready" for s in statuses), statuses
+        v, g = _fwd_bwd(loss, x, y, k=k)
+        xr = x.clone().requires_grad_()
+        ref = (xr**2 if not (0 < k < 2) else xr).sum()
+        ref.backward()
+        torch.testing.assert_close(v, ref.detach())
+        torch.testing.assert_close(g, xr.grad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("c", [float("inf"), float("nan")])
+def test_non_finite_params_are_not_specialised(monkeypatch: pytest.MonkeyPatch, c: float) -> None:
+    # repr(inf) is no Python literal: the specialised wrapper failed to compile
+    loss = cl.define("clip", "minimum(abs(p - y), c)", inputs=("p", "y"), params={"c": 1.0})
+    x = torch.tensor([3.0, -2.0], dtype=torch.float64)
+    y = torch.zeros(2, dtype=torch.float64)
+    statuses = fast.compile_ahead(loss, x, y, c=c)
+    assert statuses and all(s.state == "ready" for s in statuses), statuses
+    assert all(not s.specialized for s in statuses)
+    v, g = _fwd_bwd(loss, x, y, c=c)
+    ref = torch.minimum(x.abs(), torch.tensor(c, dtype=torch.float64)).sum()
+    torch.testing.assert_close(v, ref, equal_nan=True)
+    monkeypatch.setenv(fast.ENV_SWITCH, "0")  # the compiled gradient is the eager one
+    torch.testing.assert_close(g, _fwd_bwd(loss, x, y, c=c)[1], equal_nan=True)
+    if c == float("inf"):  # |x| everywhere
+        torch.testing.assert_close(g, torch.sign(x))

@@ -116,3 +116,13 @@ def test_uncertainty_weights_learn_log_noise_variance():
     s = {t: p.item() for t, p in crit.log_vars.items()}
     assert s["a"] == pytest.approx(math.log(sig["a"] ** 2), abs=0.1)
     assert s["b"] == pytest.approx(math.log(sig["b"] ** 2), abs=0.1)
+
+
+def test_a_non_scalar_task_loss_is_refused_not_broadcast() -> None:
+    mt = cl.multitask({"a": cl.get("mse"), "b": cross_entropy})
+    preds = {"a": torch.randn(4), "b": torch.randn(4, 3)}
+    targets = {"a": torch.randn(4), "b": torch.tensor([0, 1, 2, 0])}
+    want = F.mse_loss(preds["a"], targets["a"]) + F.cross_entropy(preds["b"], targets["b"])
+    torch.testing.assert_close(mt(preds, targets), want)
+    with pytest.raises(ValueError, match=r"task 'b': its loss has shape \(4,\)"):
+        mt(preds, targets, b={"reduction": "none"})

@@ -188,3 +188,24 @@ def test_bad_files_and_configs_never_corrupt_the_registry(tmp_path):
     assert cl.names() == before
     x = np.array([1.0, 3.0])
     assert float(cl.get("mse")(x, np.zeros(2))) == pytest.approx(5.0)
+
+
+def test_class_call_options_round_trip_through_the_config() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 4, generator=g)
+    t = torch.tensor([0, 1, 255, 3, 0])
+    ce = cl.get("cross_entropy", ignore_index=255)
+    cfg = json.loads(json.dumps(ce.to_config()))
+    assert cfg["options"] == {"ignore_index": 255}
+    rebuilt = cl.get(cfg)
+    torch.testing.assert_close(rebuilt(x, t), F.cross_entropy(x, t, ignore_index=255))
+    last = cl.get("cross_entropy").with_defaults(class_dim=-1)
+    xl = x.reshape(5, 1, 4)
+    tl = torch.tensor([[0], [1], [2], [3], [0]])
+    torch.testing.assert_close(
+        cl.get(last.to_config())(xl, tl), F.cross_entropy(xl.permute(0, 2, 1), tl)
+    )
+    with pytest.raises(ValueError, match="unknown option 'ignore_idx'; valid options: class_dim"):
+        cl.get({**cfg, "options": {"ignore_idx": 3}})
+    with pytest.raises(ValueError, match="only class-axis losses take options"):
+        cl.get({**cl.get("mse").to_config(), "options": {"ignore_index": 3}})

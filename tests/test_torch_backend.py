@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sympy
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import customloss as cl
+from customloss import dsl
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 LOGITS = [-1e4, -100.0, -30.0, -5.0, 0.0, 5.0, 30.0, 100.0, 1e4]
@@ -390,3 +392,88 @@ def test_mean_gradient_equals_autograd_for_any_incoming_gradient(gout, dtype):
     torch.testing.assert_close(first.double(), ref_p.grad, **tol)
     torch.testing.assert_close(p.grad.double(), 2 * ref_p.grad, **tol)
     assert p.grad.dtype == dtype and torch.equal(p.detach(), p0)
+
+
+# --------------------------------------------------------------------------- review findings
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_logsumexp_with_a_constant_term(dtype: torch.dtype) -> None:
+    # log(1 + exp(p) + exp(2p)) is generated as R.logsumexp(0, p, 2*p): the constant
+    # used to reach torch.broadcast_tensors as a Python int (TypeError)
+    loss = cl.define("lse3", "log(1 + exp(p) + exp(2*p))", inputs=("p", "y"))
+    x = torch.tensor([0.5, 1.0, -300.0, 300.0], dtype=dtype, requires_grad=True)
+    out = loss(x, torch.zeros(4, dtype=dtype), reduction="none")
+    out.sum().backward()
+    xr = x.detach().double().requires_grad_()
+    ref = torch.logsumexp(torch.stack([torch.zeros_like(xr), xr, 2 * xr]), 0)
+    ref.sum().backward()
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {}
+    torch.testing.assert_close(out.double(), ref.detach(), **tol)
+    torch.testing.assert_close(x.grad.double(), xr.grad, **tol)
+    np.testing.assert_allclose(loss(x.detach().double().numpy(), np.zeros(4)), ref.mean().item())
+
+
+@pytest.mark.parametrize("step", ["Heaviside", "sign", "floor", "ceiling"])
+def test_step_functions_differentiate_to_zero_almost_everywhere(step: str) -> None:
+    # SymPy gives DiracDelta (Heaviside, sign) or an unevaluated Derivative (floor,
+    # ceiling); the kernels use 0 there, as torch's autograd of the same steps
+    f = getattr(sympy, step)
+    p, y = dsl.symbol("p"), dsl.symbol("y")
+    loss = cl.Loss(f"step_{step}", (y - p) * (sympy.Rational(1, 5) - f(p - y)), inputs=("p", "y"))
+    x = torch.tensor([0.3, 1.7, -2.2], dtype=torch.float64, requires_grad=True)
+    t = torch.ones(3, dtype=torch.float64)
+    loss(x, t, reduction="sum").backward()
+    steps = {
+        "Heaviside": lambda u: torch.heaviside(u, torch.tensor(0.5, dtype=u.dtype)),
+        "sign": torch.sign,
+        "floor": torch.floor,
+        "ceiling": torch.ceil,
+    }
+    xr = x.detach().clone().requires_grad_()
+    u = (xr - t).detach()  # torch.heaviside has no derivative: the step as a constant
+    ((t - xr) * (0.2 - steps[step](u))).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+
+
+def test_functions_without_compiled_form_are_refused_when_defined() -> None:
+    p, y = dsl.symbol("p"), dsl.symbol("y")
+    for f in (sympy.loggamma, sympy.asinh, sympy.Function("g")):
+        with pytest.raises(ValueError, match=f"no compiled form for the function '{f.__name__}'"):
+            cl.Loss("bad", f(p) * y, inputs=("p", "y"))
+
+
+def test_results_never_alias_the_caller_s_arrays() -> None:
+    # d(p*y)/dp = y and the loss "y" returned the argument itself
+    lin = cl.define("lin", "p*y", inputs=("p", "y"))
+    p, y = np.array([1.0, 2.0]), np.array([3.0, 4.0])
+    g = lin.gradient(p, y, reduction="sum")
+    g *= 0.1
+    np.testing.assert_array_equal(y, [3.0, 4.0])
+    ident = cl.define("ident", "y", inputs=("p", "y"))
+    t = torch.tensor([1.0, 2.0])
+    out = ident(torch.zeros(2, requires_grad=True), t, reduction="none")
+    with torch.no_grad():
+        out += 1
+    torch.testing.assert_close(t, torch.tensor([1.0, 2.0]))
+    tn = np.array([1.0, 2.0])
+    ident(np.zeros(2), tn, reduction="none")[...] += 1
+    np.testing.assert_array_equal(tn, [1.0, 2.0])
+
+
+def test_module_params_stay_float64_when_a_parent_model_is_cast() -> None:
+    crit = cl.define("lb", "(p - beta*y)**2", inputs=("p", "y"), params={"beta": 0.999}).torch()
+    model = torch.nn.ModuleDict({"net": torch.nn.Linear(1, 1), "crit": crit}).to(torch.bfloat16)
+    assert model["net"].weight.dtype == torch.bfloat16  # the rest is cast
+    assert crit.beta.dtype == torch.float64 and crit.beta.item() == 0.999
+    # (1 - 0.999)**2 in float32; with beta rounded to bfloat16 (1.0) it was 0
+    assert crit(torch.ones(1), torch.ones(1)).item() == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_a_param_on_another_device_is_refused_by_name() -> None:
+    loss = cl.define("pw", "w*(p - y)**2", inputs=("p", "y"), params={"w": 1.0})
+    x, y = torch.randn(3), torch.randn(3)
+    with pytest.raises(ValueError, match="param 'w' is on device meta but input is on cpu"):
+        loss(x, y, w=torch.ones(3, device="meta"))
+    with pytest.raises(TypeError, match=r"input must be a torch.Tensor \(another argument is one"):
+        loss(x.numpy(), y)
