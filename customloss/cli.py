@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 import numpy as np
 
+from customloss.registry import PluginLoadError
+
 if TYPE_CHECKING:
     from customloss.loss import Loss
 
@@ -79,7 +81,8 @@ def _user_errors(what: str = "") -> Iterator[None]:
         yield
     except CliError:
         raise
-    except (ValueError, TypeError, KeyError, OSError, NotImplementedError) as exc:
+    except (ValueError, TypeError, KeyError, OSError, NotImplementedError, PluginLoadError) as exc:
+        # (PluginLoadError: a broken plugin under CUSTOMLOSS_STRICT_PLUGINS=1)
         if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
             raise
         message = (

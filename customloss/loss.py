@@ -38,6 +38,15 @@ def _singular() -> tuple[Any, ...]:
     return (sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
 
 
+def _input_names(loss_name: str, inputs: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(inputs, str):  # tuple("py") would be ("p", "y")
+        raise TypeError(
+            f"loss {loss_name!r}: inputs must be a sequence of two names such as "
+            f"('p', 'y'), got the string {inputs!r}"
+        )
+    return tuple(inputs)
+
+
 def _check_identifier(kind: str, name: str) -> None:
     if not isinstance(name, str) or not _IDENT_RE.match(name) or keyword.iskeyword(name):
         raise ValueError(f"{kind} name {name!r} is not a valid identifier")
@@ -131,7 +140,7 @@ class Loss:
                 f"loss name {name!r} must start with a letter or '_' "
                 "and contain only letters, digits, '_', '.', '-'"
             )
-        inputs = tuple(inputs)
+        inputs = _input_names(name, inputs)
         if len(inputs) != 2:
             raise ValueError(
                 f"loss {name!r}: inputs must name exactly two inputs "
@@ -176,7 +185,10 @@ class Loss:
         self.expr: sympy.Expr = expr
         self.classes = bool(classes)
         self.doc = inspect.cleandoc(doc) if doc else ""
-        self.references: tuple[str, ...] = tuple(references)
+        # one string is one reference, not a sequence of characters
+        self.references: tuple[str, ...] = (
+            (references,) if isinstance(references, str) else tuple(references)
+        )
         self._symbols = known
         self._source_text = source_text
         # class axis: per-class symbols are the inputs and the vector/None params
@@ -920,7 +932,7 @@ def define(
     Raises:
         ValueError: the text is not a valid loss (names the construct or symbol).
     """
-    inputs = tuple(inputs)
+    inputs = _input_names(name, inputs)
     params = dict(params or {})
     expr, weight = _parsed(source, (*inputs, *params), index_mean_weight)
     return Loss(

@@ -386,8 +386,10 @@ class Registry:
             for candidate in candidates:
                 if not self._pm.is_blocked(candidate.name):
                     self._load_one(candidate, strict=strict)
-        except PluginLoadError:
-            # Strict: leave the registry unloaded so every use reports the problem.
+        except BaseException:
+            # Strict (PluginLoadError), or anything else escaping (a PluginLoadWarning
+            # under -W error, KeyboardInterrupt): leave the registry unloaded, so the
+            # next use loads again and reports the problem, not a half-loaded state.
             self._entries.clear()
             self._plugins.clear()
             self._pm = self._new_plugin_manager()
@@ -417,13 +419,21 @@ class Registry:
         if plugin is None:
             try:
                 plugin = candidate.load()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a plugin's sys.exit() at import too
                 self._fail(candidate, "importing it", exc, strict)
                 return
+            if plugin is None:
+                problem = TypeError("the entry point resolved to None, not a module or object")
+                self._fail(candidate, "importing it", problem, strict)
+                return
         try:
-            self._pm.register(plugin, name=candidate.name)
+            registered = self._pm.register(plugin, name=candidate.name)
         except Exception as exc:  # pluggy.PluginValidationError, ValueError
             self._fail(candidate, "registering it with pluggy", exc, strict)
+            return
+        if registered is None:  # pluggy: the name is blocked
+            problem = ValueError(f"the plugin name {candidate.name!r} is disabled")
+            self._fail(candidate, "registering it", problem, strict)
             return
         impls = [
             impl for impl in self._pm.hook.register_losses.get_hookimpls() if impl.plugin is plugin
@@ -463,9 +473,13 @@ class Registry:
         )
 
     def _fail(self, candidate: _Candidate, stage: str, exc: BaseException, strict: bool) -> None:
+        try:
+            text = str(exc)
+        except Exception:  # a plugin's exception whose __str__ raises
+            text = "(its message could not be printed)"
         message = (
             f"customloss plugin {candidate.name!r} ({candidate.describe()}) was skipped: "
-            f"{stage} raised {type(exc).__name__}: {exc}"
+            f"{stage} raised {type(exc).__name__}: {text}"
         )
         self._failures.append(
             PluginFailure(

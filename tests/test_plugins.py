@@ -559,3 +559,14 @@ def test_robust_losses_are_exact_at_huge_residuals(name, alpha, dtype):
                     # where its half would still fit (the top factor 2 of the range)
                     headroom = 2.0 if alpha == 2 and quantity == "value" else 1.0
                     assert_matches_truth(got, truth[quantity], dtype, what, headroom)
+
+
+def test_the_cli_reports_a_strict_plugin_failure_in_one_line(broken_site):
+    result = run_python(
+        "import sys\nfrom customloss.cli import main\nsys.exit(main(['list']))\n",
+        pythonpath=broken_site,
+        **{STRICT_ENV: "1"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "customloss: error: customloss plugin 'broken_hook'" in result.stderr

@@ -631,3 +631,55 @@ def test_public_api_is_reexported():
         assert name in cl.__all__
     assert cl.hookspecs.hookspec.project_name == "customloss"
     assert cl.hookimpl.project_name == "customloss"
+
+
+# ------------------------------------------------------------------ review findings
+def test_an_entry_point_resolving_to_none_is_one_skipped_plugin():
+    good = FakeEntryPoint("good_after_none", plugin("plug_after_none", sq("after_none_sq")))
+    reg = fresh(FakeEntryPoint("nothing", plugin=None), good)
+    names, messages = recorded(reg.names)
+    assert names == ["after_none_sq"]
+    assert len(messages) == 1 and "plugin 'nothing'" in messages[0]
+    assert "resolved to None" in messages[0]
+
+
+def test_a_plugin_exiting_at_import_is_one_skipped_plugin():
+    good = FakeEntryPoint("good_after_exit", plugin("plug_after_exit", sq("after_exit_sq")))
+    reg = fresh(FakeEntryPoint("exits", error=SystemExit(3)), good)
+    names, messages = recorded(reg.names)
+    assert names == ["after_exit_sq"] and "plugin 'exits'" in messages[0]
+
+
+def test_a_warning_raised_as_an_error_leaves_the_registry_unloaded():
+    # under -W error (pytest filterwarnings=error) the PluginLoadWarning escapes; the
+    # registry used to stay half loaded and blame 'builtin' on the next use
+    broken = FakeEntryPoint("broken_w", error=ImportError("no dependency"))
+    good = FakeEntryPoint("good_w", plugin("plug_good_w", sq("good_w_sq")))
+    reg = fresh(broken, good, builtins=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(PluginLoadWarning, match="plugin 'broken_w'"):
+            reg.names()
+    names, messages = recorded(reg.names)
+    assert {"good_w_sq", "mse", "focal"} <= set(names)
+    assert len(messages) == 1 and "plugin 'broken_w'" in messages[0]
+    assert [f.name for f in reg.failures] == ["broken_w"]
+
+
+def test_an_exception_whose_message_fails_is_still_reported():
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no message")
+
+    good = FakeEntryPoint("good_u", plugin("plug_good_u", sq("good_u_sq")))
+    reg = fresh(FakeEntryPoint("unprintable", error=Unprintable()), good)
+    names, messages = recorded(reg.names)
+    assert names == ["good_u_sq"]
+    assert "plugin 'unprintable'" in messages[0] and "Unprintable" in messages[0]
+
+
+def test_a_string_of_references_is_one_reference():
+    loss = cl.define("refs", "(p - y)**2", inputs=("p", "y"), references="Huber (1964)")
+    assert loss.references == ("Huber (1964)",)
+    with pytest.raises(TypeError, match="inputs must be a sequence of two names"):
+        cl.define("refs", "(p - y)**2", inputs="py")
