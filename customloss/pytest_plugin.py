@@ -145,10 +145,14 @@ def _conformance_items(session: pytest.Session) -> Iterator[ConformanceItem]:
         yield ConformanceItem.from_parent(session, name=item_name, nodeid=item_name, loss_name=name)
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    """With ``--customloss-conformance``, append one item per registered loss."""
+    """With ``--customloss-conformance``, append one item per registered loss.
+
+    First among the hooks, so that pytest's own ``-k``, ``-m`` and ``--deselect``
+    (applied in this hook too) see the conformance items.
+    """
     if config.getoption("customloss_conformance"):
         items.extend(_conformance_items(session))

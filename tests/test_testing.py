@@ -374,3 +374,21 @@ def test_plugin_without_registry_says_so(tmp_path: Path) -> None:
     proc = _pytest(tmp_path, "--customloss-conformance", conftest=conftest)
     assert proc.returncode != 0
     assert "has no loss registry (customloss.names() is missing)" in proc.stdout + proc.stderr
+
+
+def test_conformance_items_obey_keyword_and_deselect(tmp_path: Path) -> None:
+    # the items were appended after pytest had applied -k/-m/--deselect: all ran
+    proc = _pytest(
+        tmp_path,
+        "--customloss-conformance",
+        "--customloss-pattern=m*",
+        "-k",
+        "msle or mae",
+        "--deselect",
+        "customloss-conformance[mae]",
+        "--co",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "customloss-conformance[msle]" in proc.stdout
+    assert "customloss-conformance[mae]" not in proc.stdout
+    assert "customloss-conformance[mse]" not in proc.stdout
