@@ -196,7 +196,7 @@ def load_loss(spec: str) -> Loss:
     import customloss
 
     path = Path(spec)
-    if spec.endswith(".toml") or path.exists():
+    if _is_file_spec(spec):
         if not path.is_file():
             _fail(f"no such loss file: {spec}")
         with _user_errors():
@@ -205,11 +205,20 @@ def load_loss(spec: str) -> Loss:
         return customloss.get(spec)
 
 
+def _is_file_spec(spec: str) -> bool:
+    """A ``.toml`` name or a path; else a registered name wins over a file of that name
+    in the current directory (a folder ``focal/`` must not hide the loss ``focal``)."""
+    import customloss
+
+    if spec.endswith(".toml") or os.sep in spec or (os.altsep and os.altsep in spec):
+        return True
+    return spec not in customloss.names() and Path(spec).is_file()
+
+
 def _provider(loss: Loss, spec: str) -> str:
     import customloss
 
-    path = Path(spec)
-    if spec.endswith(".toml") or path.exists():
+    if _is_file_spec(spec):
         return f"file {spec}"
     info = customloss.info(loss.name)
     if info.plugin is None:

@@ -159,6 +159,40 @@ def to_config(loss: Loss) -> dict[str, Any]:
     return cfg
 
 
+#: config key -> (accepted types, what to say, the type of list items if a list)
+_KEY_TYPES: dict[str, tuple[tuple[type, ...], str, type | None]] = {
+    "name": ((str,), "a string", None),
+    "expr": ((str,), "a string (DSL text)", None),
+    "inputs": ((list, tuple), "a list of two names", str),
+    "params": ((Mapping,), "a table/dict of name -> default", None),
+    "classes": ((bool,), "true or false", None),
+    "class_params": ((list, tuple), "a list of param names", str),
+    "index_mean_weight": ((str,), "a string (DSL text)", None),
+    "doc": ((str,), "a string", None),
+    "references": ((list, tuple, str), "a list of strings", str),
+    "customloss_version": ((str,), "a string", None),
+    "sha256": ((str,), "a string", None),
+    "domains": ((Mapping,), "a table/dict of input -> domain", None),
+    "options": ((Mapping,), "a table/dict of option -> value", None),
+}
+
+
+def _check_types(config: Mapping[str, Any]) -> None:
+    """Refuse a config value of the wrong type, naming the key (``classes = "false"``
+    would otherwise be true, ``doc = 5`` an AttributeError deep inside)."""
+    for key, value in config.items():
+        types, what, item = _KEY_TYPES[key]
+        if value is None and key not in ("name", "expr", "inputs"):
+            continue  # an optional key written as null
+        ok = isinstance(value, types)
+        if ok and item is not None and not isinstance(value, str):
+            ok = all(isinstance(v, item) for v in value)
+        if not ok:
+            raise ValueError(
+                f"loss config key {key!r} must be {what}, got {type(value).__name__} {value!r}"
+            )
+
+
 def from_config(config: Mapping[str, Any]) -> Loss:
     """Rebuild a loss from :func:`to_config` output (or a hand-written config).
 
@@ -181,9 +215,8 @@ def from_config(config: Mapping[str, Any]) -> Loss:
     for key in ("name", "expr", "inputs"):
         if key not in config:
             raise ValueError(f"loss config is missing the key {key!r}")
+    _check_types(config)
     params = config.get("params") or {}
-    if not isinstance(params, Mapping):
-        raise ValueError("loss config 'params' must be a table/dict of name -> default")
     loss = define(
         config["name"],
         config["expr"],
@@ -191,7 +224,7 @@ def from_config(config: Mapping[str, Any]) -> Loss:
         params=dict(params),
         classes=bool(config.get("classes", False)),
         doc=config.get("doc") or None,
-        references=tuple(config.get("references") or ()),
+        references=config.get("references") or (),
         class_params=tuple(config.get("class_params") or ()),
         index_mean_weight=config.get("index_mean_weight"),
         domains=config.get("domains"),

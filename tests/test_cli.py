@@ -324,3 +324,17 @@ def test_bench_eager_leaves_the_compile_switch_as_it_was(capsys, monkeypatch):
     status, _, _ = run(capsys, "bench", "mse", "--n", "100", "--reps", "1", "--eager")
     assert status == 0
     assert os.environ["CUSTOMLOSS_COMPILE"] == "auto"
+
+
+def test_a_registered_name_wins_over_a_file_or_folder_of_that_name(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "focal").mkdir()
+    (tmp_path / "mse").write_text("not a loss file")
+    code, out, err = run(capsys, "show", "focal")
+    assert code == 0, err
+    assert "focal: Sigmoid focal loss" in out and "plugin builtin" in out
+    code, out, err = run(capsys, "show", "mse")
+    assert code == 0, err
+    assert out.startswith("mse: Mean squared error")
+    code, out, err = run(capsys, "show", "./mse")  # a path is a file
+    assert code == 2 and "loss file 'mse' is not valid TOML" in err

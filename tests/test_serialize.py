@@ -209,3 +209,29 @@ def test_class_call_options_round_trip_through_the_config() -> None:
         cl.get({**cfg, "options": {"ignore_idx": 3}})
     with pytest.raises(ValueError, match="only class-axis losses take options"):
         cl.get({**cl.get("mse").to_config(), "options": {"ignore_index": 3}})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("doc", 5, "key 'doc' must be a string, got int 5"),
+        ("domains", 3, "key 'domains' must be a table/dict of input -> domain"),
+        ("inputs", ["p", 5], "key 'inputs' must be a list of two names"),
+        ("classes", "false", "key 'classes' must be true or false, got str 'false'"),
+        ("references", [1], "key 'references' must be a list of strings"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_refused_by_key(key, value, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        cl.get({**cl.get("mse").to_config(), key: value})
+
+
+def test_a_loss_file_with_a_wrong_type_names_the_file_and_key(tmp_path) -> None:
+    f = tmp_path / "l.toml"
+    f.write_text(
+        'name = "l"\nexpr = "(p - y)**2"\ninputs = ["p", "y"]\ndoc = 5\nreferences = "Huber"\n'
+    )
+    with pytest.raises(ValueError, match=r"l.toml'?: loss config key 'doc' must be a string"):
+        cl.load(f)
+    f.write_text('name = "l"\nexpr = "(p - y)**2"\ninputs = ["p", "y"]\nreferences = "Huber"\n')
+    assert cl.load(f).references == ("Huber",)
