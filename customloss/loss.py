@@ -644,11 +644,15 @@ class Loss:
 
         Args:
             reduction: the module's reduction.
-            **params: param values overriding the defaults (stored as buffers).
+            **params: param values overriding the defaults (stored as buffers); call
+                options (``ignore_index``, ``class_dim``) and variants (``base``) as
+                in :meth:`with_defaults`.
         """
         from customloss import torch_backend
 
-        return torch_backend.LossModule(self, reduction=reduction, **params)
+        chosen = {k: params.pop(k) for k in list(params) if k in self.options or k in self.variants}
+        loss = self.with_defaults(**chosen) if chosen else self
+        return torch_backend.LossModule(loss, reduction=reduction, **params)
 
     def with_defaults(self, **params: Any) -> Loss:
         """A new ``Loss`` with other param defaults (and call options such as

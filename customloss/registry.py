@@ -629,7 +629,10 @@ class Registry:
             *loss.options,
             *loss.variants,
         ]  # options: e.g. ignore_index of class losses
-        _validate.check_param_names(name, defaults, known, phrase="has no param")
+        if not any(k in loss.variants for k in defaults):
+            # (a variant, e.g. base="focal", brings params of its own: with_defaults
+            # checks the rest against the variant)
+            _validate.check_param_names(name, defaults, known, phrase="has no param")
         return loss.with_defaults(**defaults)
 
     def register(self, loss: Loss, *, replace: bool = False) -> Loss:

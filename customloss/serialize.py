@@ -106,7 +106,7 @@ class DSLPrinter(StrPrinter):
         return f"(not {self._print(expr.args[0])})"
 
     def _print_Exp1(self, expr: Any) -> str:
-        return "E"
+        return "exp(1)"  # not "E": a param may be called E
 
     def _print_Pi(self, expr: Any) -> str:
         return "pi"
@@ -130,8 +130,13 @@ def to_config(loss: Loss) -> dict[str, Any]:
     """A plain dict that rebuilds ``loss`` with :func:`from_config` (see ``Loss.to_config``)."""
     from customloss import __version__, parse
 
-    text = to_dsl(loss.expr)
     names = [*loss.inputs, *loss.params]
+    if "pi" in names and loss.expr.has(sympy.pi):
+        raise ValueError(
+            f"loss {loss.name!r} uses the constant pi and a symbol named 'pi'; its text "
+            "would read both as the symbol (rename the symbol)"
+        )
+    text = to_dsl(loss.expr)
     canonical = parse.parse_expression(text, symbols=names)
     cfg: dict[str, Any] = {
         "name": loss.name,

@@ -220,3 +220,19 @@ def test_param_gradients_through_the_index_mean() -> None:
         ce.gradient(x.numpy(), t.numpy(), wrt="class_weight", class_weight=w)
     with pytest.raises(NotImplementedError, match="'class_weight' through the weighted mean"):
         ce(x, t, class_weight=torch.tensor(w, requires_grad=True))
+
+
+def test_variants_and_options_go_through_get_and_torch() -> None:
+    # cl.get checked gamma against class_balanced's params before applying base="focal";
+    # Loss.torch refused ignore_index
+    focal_cb = cl.get("class_balanced", base="focal", gamma=2.0)
+    assert focal_cb.name == "class_balanced_focal" and focal_cb.params["gamma"] == 2.0
+    with pytest.raises(TypeError, match="unknown param 'gama'"):
+        cl.get("class_balanced", base="focal", gama=2.0)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(5, 4, generator=g)
+    t = torch.tensor([0, 1, 255, 3, 0])
+    module = cl.get("cross_entropy").torch(ignore_index=255, label_smoothing=0.1)
+    torch.testing.assert_close(
+        module(x, t), F.cross_entropy(x, t, ignore_index=255, label_smoothing=0.1)
+    )

@@ -683,3 +683,10 @@ def test_a_string_of_references_is_one_reference():
     assert loss.references == ("Huber (1964)",)
     with pytest.raises(TypeError, match="inputs must be a sequence of two names"):
         cl.define("refs", "(p - y)**2", inputs="py")
+
+
+def test_add_plugin_under_a_disabled_name_is_one_failure():
+    reg = fresh(disabled=["mine"])
+    with pytest.raises(PluginLoadError, match="the plugin name 'mine' is disabled"):
+        reg.add_plugin(plugin("plug_mine", sq("mine_sq")), name="mine")
+    assert "mine_sq" not in reg.names()

@@ -235,3 +235,15 @@ def test_a_loss_file_with_a_wrong_type_names_the_file_and_key(tmp_path) -> None:
         cl.load(f)
     f.write_text('name = "l"\nexpr = "(p - y)**2"\ninputs = ["p", "y"]\nreferences = "Huber"\n')
     assert cl.load(f).references == ("Huber",)
+
+
+def test_a_param_named_like_a_constant_round_trips() -> None:
+    # E was printed "E", which the parser reads as the param E: a different loss
+    p, y, e_param, pi_param = (sympy.Symbol(n, real=True) for n in ("p", "y", "E", "pi"))
+    loss = cl.Loss("e_loss", e_param * y + sympy.E * p, inputs=("p", "y"), params={"E": 2.0})
+    rebuilt = cl.get(json.loads(json.dumps(loss.to_config())))
+    x, t = np.array([0.5, -1.0]), np.array([1.0, 2.0])
+    np.testing.assert_allclose(rebuilt(x, t, reduction="none"), 2.0 * t + np.e * x, rtol=1e-15)
+    both = cl.Loss("pi_loss", pi_param * y + sympy.pi * p, inputs=("p", "y"), params={"pi": 2.0})
+    with pytest.raises(ValueError, match="uses the constant pi and a symbol named 'pi'"):
+        both.to_config()

@@ -392,3 +392,14 @@ def test_conformance_items_obey_keyword_and_deselect(tmp_path: Path) -> None:
     assert "customloss-conformance[msle]" in proc.stdout
     assert "customloss-conformance[mae]" not in proc.stdout
     assert "customloss-conformance[mse]" not in proc.stdout
+
+
+def test_check_loss_takes_numpy_vector_params() -> None:
+    counts = np.array([1.0, 5.0, 50.0, 500.0])
+    report = check_loss(
+        cl.get("class_balanced"),
+        params={"counts": counts},
+        skip=["gradgradcheck", "extreme_values", "thread_safety", "pickling"],
+    )
+    assert report.ok
+    assert "C=4 classes" in str(report)
