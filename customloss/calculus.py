@@ -17,6 +17,7 @@ pattern (plain SymPy)                  stable form
 ``log(1 + x)``                         ``log1p(x)``
 ``exp(u) - 1``                         ``expm1(u)``
 ``log(cosh(u))``                       ``LogCosh(u)``
+``log(sum_k c_k Sigmoid(v_k))``         ``LogMix(c_1, v_1, ...)`` (``c_k >= 0``)
 ``log(exp(u))``                        ``u``
 =====================================  ====================================
 
@@ -156,6 +157,67 @@ class LogSumExp(_Numeric):
         return all(a.is_real for a in self.args) or None
 
 
+class LogMix(_Numeric):
+    """``log(sum_k c_k Sigmoid(v_k))`` for coefficients ``c_k >= 0``; arguments
+    ``(c_1, v_1, c_2, v_2, ...)``.
+
+    Evaluated as ``logsumexp_k(log c_k - softplus(-v_k))``: no term underflows, so the
+    p_t form of BCE and focal loss (``log(y sigmoid(x) + (1-y)(1-sigmoid(x)))``) is
+    finite at any logit. The derivatives are written without ``log c_k``
+    (``d/dc_k = sigmoid(v_k)/M``, ``d/dv_k = c_k sigmoid(v_k) sigmoid(-v_k)/M``), so they
+    stay finite and differentiable at ``c_k = 0``; the torch runtime's backward uses the
+    same formulas (a second derivative through a kernel).
+    """
+
+    def _mp(self, *args: Any) -> Any:
+        cs, vs = args[::2], args[1::2]
+        return mpmath.log(
+            mpmath.fsum(c / (1 + mpmath.exp(-v)) for c, v in zip(cs, vs, strict=True))
+        )
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        k = (argindex - 1) // 2
+        c, v = self.args[2 * k], self.args[2 * k + 1]
+        if argindex % 2:  # d/dc_k = sigmoid(v_k) / M
+            return sympy.exp(-Softplus(-v) - self)
+        # d/dv_k = c_k sigmoid(v_k) sigmoid(-v_k) / M, as one exponential: the factors
+        # apart under- and overflow (0 * inf) where the product is finite
+        return c * sympy.exp(-Softplus(-v) - Softplus(v) - self)
+
+    def _eval_rewrite_as_log(self, *args: sympy.Expr, **kwargs: object) -> sympy.Expr:
+        cs, vs = args[::2], args[1::2]
+        return sympy.log(sympy.Add(*(c / (1 + sympy.exp(-v)) for c, v in zip(cs, vs, strict=True))))
+
+    def _sympystr(self, printer: Any) -> str:
+        cs, vs = self.args[::2], self.args[1::2]
+        terms = " + ".join(
+            f"{printer.parenthesize(c, 50)}*sigmoid({printer._print(v)})"
+            for c, v in zip(cs, vs, strict=True)
+        )
+        return f"log({terms})"
+
+    def _eval_is_real(self) -> bool | None:
+        return all(a.is_real for a in self.args) or None
+
+
+class KeptLog(_Numeric):
+    """``log(u)`` that the stabiliser leaves alone (the unguarded branch of a rewrite)."""
+
+    def _mp(self, u: Any) -> Any:
+        return mpmath.log(u)
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return 1 / self.args[0]
+
+    def _eval_rewrite_as_log(self, u: sympy.Expr, **kwargs: object) -> sympy.Expr:
+        return sympy.log(u)
+
+    def _sympystr(self, printer: Any) -> str:
+        return f"log({printer._print(self.args[0])})"
+
+
 class LogCosh(_Numeric):
     """``log(cosh(u)) = |u| + softplus(-2|u|) - log 2``, stable for large ``|u|``."""
 
@@ -271,8 +333,37 @@ def _rule_add(e: sympy.Add) -> sympy.Expr:
     return e
 
 
+def _sigmoid_mixture(arg: sympy.Add) -> sympy.Expr | None:
+    """``log(sum_k c_k Sigmoid(v_k))`` as :class:`LogMix` (``None``: not such a sum).
+
+    The rewrite holds for ``c_k >= 0``. Where a coefficient's sign is unknown
+    (``1 - y`` for a target ``y``), it is guarded, and the plain logarithm
+    (:class:`KeptLog`) is kept for ``c_k < 0``.
+    """
+    args, conditions = [], []
+    for term in arg.args:
+        sigmoids = [f for f in sympy.Mul.make_args(term) if isinstance(f, Sigmoid)]
+        if len(sigmoids) != 1:
+            return None
+        c = term / sigmoids[0]
+        if c.has(Sigmoid) or c.has(sympy.I):
+            return None
+        if c.is_number:
+            if not c.is_positive:
+                return None
+        elif not c.is_nonnegative:
+            conditions.append(sympy.Ge(c, 0))
+        args += [c, sigmoids[0].args[0]]
+    mixture = LogMix(*args)
+    if not conditions:
+        return mixture
+    return sympy.Piecewise((mixture, sympy.And(*conditions)), (KeptLog(arg), True))
+
+
 def _rule_log(e: sympy.log) -> sympy.Expr:
     (arg,) = e.args
+    if arg.is_Add and (mixture := _sigmoid_mixture(arg)) is not None:
+        return mixture
     if isinstance(arg, Sigmoid):
         return -Softplus(-arg.args[0])
     if arg.is_Pow and isinstance(arg.base, Sigmoid):

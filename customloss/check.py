@@ -306,6 +306,10 @@ def _mp_namespace() -> dict[str, Callable[..., Any]]:
 
     return {
         "KeptExp": mp.exp,
+        "KeptLog": mp.log,
+        "LogMix": lambda *a: mp.log(
+            mp.fsum(c / (1 + mp.exp(-v)) for c, v in zip(a[::2], a[1::2], strict=True))
+        ),
         "Sigmoid": lambda u: 1 / (1 + mp.exp(-u)),
         "Softplus": softplus,
         "LogSumExp": logsumexp,

@@ -44,6 +44,8 @@ FUNCTION_TABLE: dict[str, str] = {
     "LogSumExp": "logsumexp",
     "LogCosh": "logcosh",
     "KeptExp": "exp",
+    "KeptLog": "log",
+    "LogMix": "log_mix",
     "Max": "maximum",
     "Min": "minimum",
     "floor": "floor",

@@ -61,6 +61,18 @@ class _NumpyOps:
         return out
 
     @staticmethod
+    def log_mix(*args: Any) -> Any:
+        """``log(sum_k c_k sigmoid(v_k))``, arguments ``c_1, v_1, ...`` (``c_k >= 0``)."""
+        with np.errstate(divide="ignore"):  # log(0) = -inf: that term is absent
+            terms = [
+                np.log(c) - np.logaddexp(0, -v) for c, v in zip(args[::2], args[1::2], strict=True)
+            ]
+        out = terms[0]
+        for t in terms[1:]:
+            out = np.logaddexp(out, t)
+        return out
+
+    @staticmethod
     def logcosh(x: Any) -> Any:
         a = np.abs(x)
         return a + np.logaddexp(0.0, -2.0 * a) - math.log(2.0)

@@ -32,6 +32,45 @@ __all__ = ["RUNTIME", "LossFunction", "LossModule", "evaluate"]
 _LOG2 = math.log(2.0)
 
 
+def _log_mix(*args: Any) -> torch.Tensor:
+    ref = next(a for a in args if isinstance(a, torch.Tensor))
+    terms = [
+        torch.log(torch.as_tensor(c, dtype=ref.dtype, device=ref.device))
+        - F.softplus(-torch.as_tensor(v, dtype=ref.dtype, device=ref.device))
+        for c, v in zip(args[::2], args[1::2], strict=True)
+    ]
+    return torch.logsumexp(torch.stack(torch.broadcast_tensors(*terms)), dim=0)
+
+
+class _LogMix(torch.autograd.Function):
+    """``log(sum_k c_k sigmoid(v_k))`` with the derivatives ``calculus.LogMix`` uses:
+    ``d/dc_k = sigmoid(v_k)/M`` and ``d/dv_k = c_k sigmoid(v_k) sigmoid(-v_k)/M``, in
+    differentiable operations (autograd of ``log c_k`` would be ``0 * inf`` at 0)."""
+
+    @staticmethod
+    def forward(ctx: Any, *args: Any) -> torch.Tensor:
+        out = _log_mix(*args)
+        ctx.save_for_backward(*[a for a in args if isinstance(a, torch.Tensor)], out)
+        ctx.is_tensor = [isinstance(a, torch.Tensor) for a in args]
+        ctx.numbers = [a for a in args if not isinstance(a, torch.Tensor)]
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        *saved, out = ctx.saved_tensors
+        tensors, numbers = iter(saved), iter(ctx.numbers)
+        args = [next(tensors) if t else next(numbers) for t in ctx.is_tensor]
+        grads: list[Any] = []
+        for c, v in zip(args[::2], args[1::2], strict=True):
+            v = torch.as_tensor(v, dtype=out.dtype, device=out.device)
+            grads.append(grad * torch.exp(-F.softplus(-v) - out))
+            grads.append(grad * c * torch.exp(-F.softplus(-v) - F.softplus(v) - out))
+        return tuple(
+            _sum_to(g, a.shape) if isinstance(a, torch.Tensor) and a.requires_grad else None
+            for g, a in zip(grads, args, strict=True)
+        )
+
+
 class _TorchOps:
     """Operations the generated code calls as ``R.<name>``."""
 
@@ -68,6 +107,14 @@ class _TorchOps:
             for a in args
         ]
         return torch.logsumexp(torch.stack(torch.broadcast_tensors(*terms)), dim=0)
+
+    @staticmethod
+    def log_mix(*args: torch.Tensor) -> torch.Tensor:
+        """``log(sum_k c_k sigmoid(v_k))``, arguments ``c_1, v_1, ...`` (``c_k >= 0``)."""
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return _LogMix.apply(*args)  # a backward without log(c): finite at c = 0
+        return _log_mix(*args)
 
     @staticmethod
     def logcosh(x: torch.Tensor) -> torch.Tensor:

@@ -477,3 +477,78 @@ def test_a_param_on_another_device_is_refused_by_name() -> None:
         loss(x, y, w=torch.ones(3, device="meta"))
     with pytest.raises(TypeError, match=r"input must be a torch.Tensor \(another argument is one"):
         loss(x.numpy(), y)
+
+
+# --------------------------------------------------------------------------- p_t forms
+
+BCE_PT = "-log(y*sigmoid(p) + (1 - y)*(1 - sigmoid(p)))"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_p_t_form_of_bce_is_stable_at_extreme_logits(dtype: torch.dtype) -> None:
+    # log of a sum of sigmoids underflowed to log(0) = inf past |x| ~ 104 (float32)
+    loss = cl.define("bce_pt", BCE_PT, inputs=("p", "y"))
+    x = torch.tensor([-1e4, -200.0, -3.0, 0.5, 3.0, 200.0, 1e4] * 2, dtype=dtype)
+    y = torch.tensor([1.0] * 7 + [0.0] * 7, dtype=dtype)
+    xr = x.clone().requires_grad_()
+    out = loss(xr, y, reduction="none")
+    out.sum().backward()
+    xt = x.clone().requires_grad_()
+    ref = F.binary_cross_entropy_with_logits(xt, y, reduction="none")
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref.detach())
+    torch.testing.assert_close(xr.grad, xt.grad)
+    np.testing.assert_allclose(
+        loss(x.double().numpy(), y.double().numpy(), reduction="none"),
+        ref.detach().double(),
+        rtol=1e-6,
+        atol=1e-30,
+    )
+
+
+def test_the_p_t_form_of_focal_loss_matches_torchvision() -> None:
+    # torchvision.ops.sigmoid_focal_loss (alpha = -1), written out in float64
+    loss = cl.define(
+        "focal_pt",
+        "-(1 - (y*sigmoid(p) + (1 - y)*(1 - sigmoid(p))))**g"
+        " * log(y*sigmoid(p) + (1 - y)*(1 - sigmoid(p)))",
+        inputs=("p", "y"),
+        params={"g": 2.0},
+    )
+    g = torch.Generator().manual_seed(4)
+    x = torch.cat(
+        [torch.randn(50, generator=g, dtype=torch.float64) * 4, torch.tensor([-60.0, 60.0])]
+    )
+    y = torch.cat(
+        [torch.rand(50, generator=g, dtype=torch.float64).round(), torch.ones(2)]
+    ).double()
+    gamma = torch.tensor(2.0, dtype=torch.float64)
+    args = [t.clone().requires_grad_() for t in (x, gamma)]
+    loss(args[0], y, g=args[1], reduction="sum").backward()
+    ref_args = [t.clone().requires_grad_() for t in (x, gamma)]
+    p = torch.sigmoid(ref_args[0])
+    p_t = p * y + (1 - p) * (1 - y)
+    ce = F.binary_cross_entropy_with_logits(ref_args[0], y, reduction="none")
+    (ce * (1 - p_t) ** ref_args[1]).sum().backward()
+    for a, r in zip(args, ref_args, strict=True):
+        torch.testing.assert_close(a.grad, r.grad)
+
+
+def test_the_p_t_form_has_second_derivatives_at_hard_targets() -> None:
+    # the stable form must not divide by the coefficient y (or 1 - y) in autograd
+    loss = cl.define("bce_pt2", BCE_PT, inputs=("p", "y"))
+    x = torch.tensor([-3.0, -0.5, 0.2, 2.0, 5.0], dtype=torch.float64, requires_grad=True)
+    for value in (0.0, 0.3, 1.0):
+        y = torch.full((5,), value, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradgradcheck(
+            lambda a, b: loss(a, b, reduction="none"), (x, y), eps=1e-6, atol=1e-6
+        )
+
+
+def test_the_p_t_form_outside_the_target_domain_is_the_plain_formula() -> None:
+    # the rewrite holds for 0 <= y <= 1; elsewhere the formula is computed as written
+    loss = cl.define("bce_pt3", BCE_PT, inputs=("p", "y"))
+    x = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    y = torch.tensor([2.0, -0.5], dtype=torch.float64)
+    s = torch.sigmoid(x)
+    torch.testing.assert_close(loss(x, y, reduction="none"), -torch.log(y * s + (1 - y) * (1 - s)))
