@@ -72,6 +72,10 @@ DSL = {
     "naive_bce": cl.define(
         "naive_bce", "-(y*log(sigmoid(x)) + (1 - y)*log(1 - sigmoid(x)))", inputs=("x", "y")
     ),
+    # BCE written with p_t (the way focal loss papers write it): LogMix
+    "pt_bce": cl.define(
+        "pt_bce", "-log(y*sigmoid(x) + (1 - y)*(1 - sigmoid(x)))", inputs=("x", "y")
+    ),
     # Ridnik et al. 2021, asymmetric loss (ASL) with probability shifting.
     "asymmetric": cl.define(
         "asymmetric",
@@ -371,6 +375,7 @@ def speed_cases(n: int, reps: int, only: set[str] | None, device: torch.device, 
 
     for name, kind in (
         ("naive_bce", "logits"),
+        ("pt_bce", "logits"),
         ("asymmetric", "logits"),
         ("robust_cauchy", "regression"),
     ):

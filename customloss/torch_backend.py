@@ -39,7 +39,10 @@ def _log_mix(*args: Any) -> torch.Tensor:
         - F.softplus(-torch.as_tensor(v, dtype=ref.dtype, device=ref.device))
         for c, v in zip(args[::2], args[1::2], strict=True)
     ]
-    return torch.logsumexp(torch.stack(torch.broadcast_tensors(*terms)), dim=0)
+    out = terms[0]
+    for t in terms[1:]:  # elementwise (fuses under Inductor; a stack would not)
+        out = torch.logaddexp(out, t)
+    return out
 
 
 class _LogMix(torch.autograd.Function):
