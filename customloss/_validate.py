@@ -27,7 +27,9 @@ def check_same_shape(input_shape: Sequence[int], target_shape: Sequence[int]) ->
         )
 
 
-def check_broadcasts_to(what: str, shape: Sequence[int], target: Sequence[int]) -> None:
+def check_broadcasts_to(
+    what: str, shape: Sequence[int], target: Sequence[int], target_name: str = "the input shape"
+) -> None:
     """A param or weight may broadcast *to* the input shape but never enlarge it."""
     shape, target = tuple(shape), tuple(target)
     ok = len(shape) <= len(target) and all(
@@ -35,7 +37,7 @@ def check_broadcasts_to(what: str, shape: Sequence[int], target: Sequence[int]) 
     )
     if not ok:
         raise ValueError(
-            f"{what} has shape {shape}, which does not broadcast to the input shape {target}"
+            f"{what} has shape {shape}, which does not broadcast to {target_name} {target}"
         )
 
 

@@ -263,8 +263,6 @@ def _const_value(node: ast.AST, limits: Limits) -> float | None:
                 ):
                     raise ValueError
                 v = a**b
-                if isinstance(v, complex):
-                    raise _fail("constant power has a complex value", node)
             else:
                 v = (
                     {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}.get(type(node.op))
@@ -275,6 +273,8 @@ def _const_value(node: ast.AST, limits: Limits) -> float | None:
             raise _fail("constant too large in loss expression", node) from None
         except ZeroDivisionError:
             raise _fail("division by zero in a constant", node) from None
+        if isinstance(v, complex):  # (outside the try: its ValueError is not "too large")
+            raise _fail("constant power has a complex value", node)
         if v is None or not math.isfinite(v) or abs(v) > limits.max_constant:
             raise _fail("constant too large in loss expression", node)
         return v

@@ -236,3 +236,8 @@ def test_variants_and_options_go_through_get_and_torch() -> None:
     torch.testing.assert_close(
         module(x, t), F.cross_entropy(x, t, ignore_index=255, label_smoothing=0.1)
     )
+
+
+def test_a_wrong_sample_weight_names_the_per_sample_shape() -> None:
+    with pytest.raises(ValueError, match=r"does not broadcast to the per-sample shape .* \(4,\)"):
+        cl.get("cross_entropy")(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), weight=torch.ones(3))

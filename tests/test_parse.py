@@ -179,3 +179,9 @@ def test_large_constants_within_float64_are_kept():
     # below the smallest subnormal is 0 in float64, as a tiny literal is: accepted
     tiny = cl.define("tiny_ok", "x*exp(-800.0) + x*exp(709.0)", inputs=("x", "y"))
     assert float(tiny(1.0, 0.0, reduction="none")) == pytest.approx(math.exp(709.0), rel=1e-15)
+
+
+def test_a_complex_constant_power_is_called_complex() -> None:
+    # the complex refusal was raised inside the overflow handler: "constant too large"
+    with pytest.raises(ValueError, match="constant power has a complex value"):
+        parse_expression("(-2)**0.5*p", symbols=["p", "y"])
