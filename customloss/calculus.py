@@ -182,7 +182,8 @@ class LogMix(_Numeric):
             return sympy.exp(-Softplus(-v) - self)
         # d/dv_k = c_k sigmoid(v_k) sigmoid(-v_k) / M, as one exponential: the factors
         # apart under- and overflow (0 * inf) where the product is finite
-        return c * sympy.exp(-Softplus(-v) - Softplus(v) - self)
+        # (softplus(v) + softplus(-v) = |v| + 2 softplus(-|v|): one exp and one log1p)
+        return c * sympy.exp(-sympy.Abs(v) - 2 * Softplus(-sympy.Abs(v)) - self)
 
     def _eval_rewrite_as_log(self, *args: sympy.Expr, **kwargs: object) -> sympy.Expr:
         cs, vs = args[::2], args[1::2]

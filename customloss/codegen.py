@@ -167,6 +167,9 @@ class KernelPrinter(StrPrinter):
     def _print__ZeroTimes(self, expr: Any) -> str:
         return f"R.zero_times({self._print(expr.args[0])}, {self._print(expr.args[1])})"
 
+    def _print__LogMixPT(self, expr: Any) -> str:
+        return f"R.log_mix_pt({', '.join(self._print(a) for a in expr.args)})"
+
     def _print_Heaviside(self, expr: sympy.Heaviside) -> str:
         h0 = expr.args[1] if len(expr.args) > 1 else sympy.S.Half
         return f"R.heaviside({self._print(expr.args[0])}, {float(h0)!r})"
@@ -225,6 +228,26 @@ class KernelPrinter(StrPrinter):
 
     def _print_BooleanFalse(self, expr: Any) -> str:
         return "False"
+
+
+class _LogMixPT(sympy.Function):
+    """``LogMix(c1, u, c2, -u)`` (the p_t form) as ``(c1, c2, u)``: the runtime has a
+    formula with three transcendental functions for it (``R.log_mix_pt``)."""
+
+    nargs = 3
+
+
+def _p_t_mixtures(expr: sympy.Expr) -> sympy.Expr:
+    """Mark two-term sigmoid mixtures of ``u`` and ``-u`` (before CSE names ``-u``)."""
+    from customloss.calculus import LogMix
+
+    def pt(node: sympy.Expr) -> sympy.Expr:
+        c1, u, c2, v = node.args
+        return _LogMixPT(c1, c2, u)
+
+    return expr.replace(
+        lambda n: isinstance(n, LogMix) and len(n.args) == 4 and n.args[3] == -n.args[1], pt
+    )
 
 
 class _NegAbsExp(sympy.Function):
@@ -410,7 +433,7 @@ def generate_kernel(
     for i, (sym, _, _) in enumerate(prelude):
         names[sym] = f"_g{i}"
     printer = KernelPrinter(names, ref)
-    exprs = [guard_vanishing_products(e) for _, e in outputs]
+    exprs = [_p_t_mixtures(guard_vanishing_products(e)) for _, e in outputs]
     if fast:
         exprs = lower_for_speed(exprs)
     temps = sympy.numbered_symbols("_t")

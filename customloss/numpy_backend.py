@@ -73,6 +73,17 @@ class _NumpyOps:
         return out
 
     @staticmethod
+    def log_mix_pt(c1: Any, c2: Any, u: Any) -> Any:
+        """``log(c1 sigmoid(u) + c2 sigmoid(-u))`` (see the torch runtime's)."""
+        au = np.abs(u)
+        t = np.exp(-au)
+        pos = u >= 0
+        a, b = np.where(pos, c1, c2), np.where(pos, c2, c1)
+        some = a > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(np.where(some, a + b * t, b)) - np.where(some, 0.0, au) - np.log1p(t)
+
+    @staticmethod
     def logcosh(x: Any) -> Any:
         a = np.abs(x)
         return a + np.logaddexp(0.0, -2.0 * a) - math.log(2.0)

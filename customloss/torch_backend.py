@@ -45,6 +45,22 @@ def _log_mix(*args: Any) -> torch.Tensor:
     return out
 
 
+def _log_mix_pt(c1: Any, c2: Any, u: torch.Tensor) -> torch.Tensor:
+    """``log(c1 sigmoid(u) + c2 sigmoid(-u))``, with three transcendental functions.
+
+    With ``t = e^{-|u|}`` and ``a`` / ``b`` the coefficients of the larger / smaller
+    sigmoid: ``log(a + b t) - log1p(t)``; where ``a == 0`` the sum is ``b t``, whose log
+    ``log(b) - |u|`` does not underflow.
+    """
+    au = torch.abs(u)
+    t = torch.exp(-au)
+    pos = u >= 0
+    a = torch.where(pos, c1, c2)
+    b = torch.where(pos, c2, c1)
+    some = a > 0
+    return torch.log(torch.where(some, a + b * t, b)) - torch.where(some, 0.0, au) - torch.log1p(t)
+
+
 class _LogMix(torch.autograd.Function):
     """``log(sum_k c_k sigmoid(v_k))`` with the derivatives ``calculus.LogMix`` uses:
     ``d/dc_k = sigmoid(v_k)/M`` and ``d/dv_k = c_k sigmoid(v_k) sigmoid(-v_k)/M``, in
@@ -64,10 +80,12 @@ class _LogMix(torch.autograd.Function):
         tensors, numbers = iter(saved), iter(ctx.numbers)
         args = [next(tensors) if t else next(numbers) for t in ctx.is_tensor]
         grads: list[Any] = []
+        unused = grad == 0  # e.g. the branch a where() did not take (out may be nan there)
         for c, v in zip(args[::2], args[1::2], strict=True):
             v = torch.as_tensor(v, dtype=out.dtype, device=out.device)
-            grads.append(grad * torch.exp(-F.softplus(-v) - out))
-            grads.append(grad * c * torch.exp(-F.softplus(-v) - F.softplus(v) - out))
+            d_c = torch.exp(-F.softplus(-v) - out)
+            d_v = c * torch.exp(-F.softplus(-v) - F.softplus(v) - out)
+            grads += [torch.where(unused, 0.0, grad * d) for d in (d_c, d_v)]
         return tuple(
             _sum_to(g, a.shape) if isinstance(a, torch.Tensor) and a.requires_grad else None
             for g, a in zip(grads, args, strict=True)
@@ -118,6 +136,14 @@ class _TorchOps:
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return _LogMix.apply(*args)  # a backward without log(c): finite at c = 0
         return _log_mix(*args)
+
+    @staticmethod
+    def log_mix_pt(c1: Any, c2: Any, u: torch.Tensor) -> torch.Tensor:
+        """``log(c1 sigmoid(u) + c2 sigmoid(-u))`` (``c1, c2 >= 0``): the p_t form."""
+        tensors = [a for a in (c1, c2, u) if isinstance(a, torch.Tensor)]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return _LogMix.apply(c1, u, c2, -u)
+        return _log_mix_pt(c1, c2, u)
 
     @staticmethod
     def logcosh(x: torch.Tensor) -> torch.Tensor:

@@ -552,3 +552,12 @@ def test_the_p_t_form_outside_the_target_domain_is_the_plain_formula() -> None:
     y = torch.tensor([2.0, -0.5], dtype=torch.float64)
     s = torch.sigmoid(x)
     torch.testing.assert_close(loss(x, y, reduction="none"), -torch.log(y * s + (1 - y) * (1 - s)))
+    np.testing.assert_allclose(
+        loss(x.numpy(), y.numpy(), reduction="none"), -torch.log(y * s + (1 - y) * (1 - s))
+    )
+    xr = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss(xr, y, reduction="sum"), xr)
+    xn = x.clone().requires_grad_()
+    sn = torch.sigmoid(xn)
+    (gn,) = torch.autograd.grad(-torch.log(y * sn + (1 - y) * (1 - sn)).sum(), xn)
+    torch.testing.assert_close(g, gn)
