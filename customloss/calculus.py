@@ -157,9 +157,18 @@ class LogSumExp(_Numeric):
         return all(a.is_real for a in self.args) or None
 
 
+def _real_log(x: Any) -> Any:
+    """``log(x)`` as floating point computes it: nan below 0, -inf at 0."""
+    if x < 0:
+        return mpmath.mpf("nan")
+    return mpmath.log(x) if x > 0 else mpmath.mpf("-inf")
+
+
 class LogMix(_Numeric):
-    """``log(sum_k c_k Sigmoid(v_k))`` for coefficients ``c_k >= 0``; arguments
-    ``(c_1, v_1, c_2, v_2, ...)``.
+    """``log(sum_k c_k Sigmoid(v_k))``; arguments ``(c_1, v_1, c_2, v_2, ...)``.
+
+    Coefficients ``c_k >= 0``, except for the two-term p_t form ``(c_1, u, c_2, -u)``,
+    which the runtimes evaluate for any real coefficients (see ``_sigmoid_mixture``).
 
     Evaluated as ``logsumexp_k(log c_k - softplus(-v_k))``: no term underflows, so the
     p_t form of BCE and focal loss (``log(y sigmoid(x) + (1-y)(1-sigmoid(x)))``) is
@@ -171,9 +180,8 @@ class LogMix(_Numeric):
 
     def _mp(self, *args: Any) -> Any:
         cs, vs = args[::2], args[1::2]
-        return mpmath.log(
-            mpmath.fsum(c / (1 + mpmath.exp(-v)) for c, v in zip(cs, vs, strict=True))
-        )
+        total = mpmath.fsum(c / (1 + mpmath.exp(-v)) for c, v in zip(cs, vs, strict=True))
+        return _real_log(total)
 
     def fdiff(self, argindex: int = 1) -> sympy.Expr:
         k = (argindex - 1) // 2
@@ -182,8 +190,9 @@ class LogMix(_Numeric):
             return sympy.exp(-Softplus(-v) - self)
         # d/dv_k = c_k sigmoid(v_k) sigmoid(-v_k) / M, as one exponential: the factors
         # apart under- and overflow (0 * inf) where the product is finite
-        # (softplus(v) + softplus(-v) = |v| + 2 softplus(-|v|): one exp and one log1p)
-        return c * sympy.exp(-sympy.Abs(v) - 2 * Softplus(-sympy.Abs(v)) - self)
+        # (softplus(v) + softplus(-v) = |v| + 2 log1p(e^{-|v|}): the runtimes' p_t form
+        # computes log1p(e^{-|u|}) too, and a fused kernel shares it)
+        return c * sympy.exp(-sympy.Abs(v) - 2 * log1p(sympy.exp(-sympy.Abs(v))) - self)
 
     def _eval_rewrite_as_log(self, *args: sympy.Expr, **kwargs: object) -> sympy.Expr:
         cs, vs = args[::2], args[1::2]
@@ -342,7 +351,17 @@ def _sigmoid_mixture(arg: sympy.Add) -> sympy.Expr | None:
     (:class:`KeptLog`) is kept for ``c_k < 0``.
     """
     args, conditions = [], []
-    for term in arg.args:
+    terms = arg.args
+    if len(terms) == 2:
+        s0 = [f for f in sympy.Mul.make_args(terms[0]) if isinstance(f, Sigmoid)]
+        s1 = [f for f in sympy.Mul.make_args(terms[1]) if isinstance(f, Sigmoid)]
+        if len(s0) == 1 == len(s1) and s1[0].args[0] == -s0[0].args[0]:
+            c0, c1 = terms[0] / s0[0], terms[1] / s1[0]
+            if not (c0.has(Sigmoid) or c1.has(Sigmoid) or c0.has(sympy.I) or c1.has(sympy.I)):
+                # c0 sigmoid(u) + c1 sigmoid(-u) = (a + b e^{-|u|}) / (1 + e^{-|u|}) for
+                # any real coefficients: no guard (the runtimes use this form)
+                return LogMix(c0, s0[0].args[0], c1, s1[0].args[0])
+    for term in terms:
         sigmoids = [f for f in sympy.Mul.make_args(term) if isinstance(f, Sigmoid)]
         if len(sigmoids) != 1:
             return None

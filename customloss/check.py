@@ -300,6 +300,9 @@ def _mp_namespace() -> dict[str, Callable[..., Any]]:
     def softplus(u: Any) -> Any:
         return u + mp.log1p(mp.exp(-u)) if u > 0 else mp.log1p(mp.exp(u))
 
+    def _mp_real_log(x: Any) -> Any:  # as floating point: nan below 0, -inf at 0
+        return mp.log(x) if x > 0 else (mp.mpf("-inf") if x == 0 else mp.mpf("nan"))
+
     def logsumexp(*args: Any) -> Any:
         m = max(args)
         return m + mp.log(mp.fsum(mp.exp(a - m) for a in args))
@@ -307,7 +310,7 @@ def _mp_namespace() -> dict[str, Callable[..., Any]]:
     return {
         "KeptExp": mp.exp,
         "KeptLog": mp.log,
-        "LogMix": lambda *a: mp.log(
+        "LogMix": lambda *a: _mp_real_log(
             mp.fsum(c / (1 + mp.exp(-v)) for c, v in zip(a[::2], a[1::2], strict=True))
         ),
         "Sigmoid": lambda u: 1 / (1 + mp.exp(-u)),

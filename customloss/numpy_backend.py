@@ -79,7 +79,7 @@ class _NumpyOps:
         t = np.exp(-au)
         pos = u >= 0
         a, b = np.where(pos, c1, c2), np.where(pos, c2, c1)
-        some = a > 0
+        some = a != 0  # (an identity for any real c1, c2)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.log(np.where(some, a + b * t, b)) - np.where(some, 0.0, au) - np.log1p(t)
 

@@ -57,8 +57,40 @@ def _log_mix_pt(c1: Any, c2: Any, u: torch.Tensor) -> torch.Tensor:
     pos = u >= 0
     a = torch.where(pos, c1, c2)
     b = torch.where(pos, c2, c1)
-    some = a > 0
+    some = a != 0  # (an identity for any real c1, c2: no domain guard needed)
     return torch.log(torch.where(some, a + b * t, b)) - torch.where(some, 0.0, au) - torch.log1p(t)
+
+
+class _LogMixPT(torch.autograd.Function):
+    """``_log_mix_pt`` with the derivatives ``calculus.LogMix`` uses (for ``c1, u, c2,
+    -u``): ``d/dc1 = sigmoid(u)/M``, ``d/dc2 = sigmoid(-u)/M``,
+    ``d/du = (c1 - c2) sigmoid(u) sigmoid(-u)/M``; 0 where the incoming gradient is 0."""
+
+    @staticmethod
+    def forward(ctx: Any, c1: Any, c2: Any, u: torch.Tensor) -> torch.Tensor:
+        out = _log_mix_pt(c1, c2, u)
+        ctx.save_for_backward(*[a for a in (c1, c2) if isinstance(a, torch.Tensor)], u, out)
+        ctx.numbers = [a for a in (c1, c2) if not isinstance(a, torch.Tensor)]
+        ctx.is_tensor = [isinstance(a, torch.Tensor) for a in (c1, c2)]
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        *cs, u, out = ctx.saved_tensors
+        tensors, numbers = iter(cs), iter(ctx.numbers)
+        c1, c2 = (next(tensors) if t else next(numbers) for t in ctx.is_tensor)
+        unused = grad == 0
+        au = torch.abs(u)
+        d = (
+            torch.exp(-F.softplus(-u) - out),
+            torch.exp(-F.softplus(u) - out),
+            (c1 - c2) * torch.exp(-au - 2 * F.softplus(-au) - out),
+        )
+        grads = [torch.where(unused, 0.0, grad * g) for g in d]
+        return tuple(
+            _sum_to(g, a.shape) if isinstance(a, torch.Tensor) and a.requires_grad else None
+            for g, a in zip(grads, (c1, c2, u), strict=True)
+        )
 
 
 class _LogMix(torch.autograd.Function):
@@ -142,7 +174,7 @@ class _TorchOps:
         """``log(c1 sigmoid(u) + c2 sigmoid(-u))`` (``c1, c2 >= 0``): the p_t form."""
         tensors = [a for a in (c1, c2, u) if isinstance(a, torch.Tensor)]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return _LogMix.apply(c1, u, c2, -u)
+            return _LogMixPT.apply(c1, c2, u)
         return _log_mix_pt(c1, c2, u)
 
     @staticmethod
