@@ -374,10 +374,14 @@ def _sigmoid_mixture(arg: sympy.Add) -> sympy.Expr | None:
         elif not c.is_nonnegative:
             conditions.append(sympy.Ge(c, 0))
         args += [c, sigmoids[0].args[0]]
-    mixture = LogMix(*args)
     if not conditions:
-        return mixture
-    return sympy.Piecewise((mixture, sympy.And(*conditions)), (KeptLog(arg), True))
+        return LogMix(*args)
+    # (Second derivatives through autograd can be NaN here, off the domain or where the
+    # plain sum underflows: where() selects values, but autograd multiplies the untaken
+    # branch's zero gradient by its derivative. Making both branches' arguments harmless
+    # where untaken was tried: a where() around a coefficient hides the vanishing factor
+    # codegen.guard_vanishing_products needs, and first derivatives became NaN.)
+    return sympy.Piecewise((LogMix(*args), sympy.And(*conditions)), (KeptLog(arg), True))
 
 
 def _rule_log(e: sympy.log) -> sympy.Expr:

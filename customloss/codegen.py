@@ -350,6 +350,8 @@ def lower_for_speed(exprs: Sequence[sympy.Expr]) -> list[sympy.Expr]:
         return (-u, True) if u.could_extract_minus_sign() else (u, False)
 
     def sigmoid(node: sympy.Expr) -> sympy.Expr:
+        if node.args[0].is_number:  # a constant: printed as its value
+            return node
         a, flipped = canon(node.args[0])
         e = _NegAbsExp(a)
         r = 1 / (1 + e)
@@ -358,6 +360,8 @@ def lower_for_speed(exprs: Sequence[sympy.Expr]) -> list[sympy.Expr]:
 
     def softplus(node: sympy.Expr) -> sympy.Expr:
         u = node.args[0]
+        if u.is_number:  # a constant: printed as its value
+            return node
         a, _ = canon(u)
         return sympy.Max(u, 0) + log1p(_NegAbsExp(a))
 

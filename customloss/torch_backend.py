@@ -52,6 +52,10 @@ def _log_mix_pt(c1: Any, c2: Any, u: torch.Tensor) -> torch.Tensor:
     sigmoid: ``log(a + b t) - log1p(t)``; where ``a == 0`` the sum is ``b t``, whose log
     ``log(b) - |u|`` does not underflow.
     """
+    # numbers as tensors of the tensors' dtype (torch.where would make two numbers
+    # float32; u is a number for sigmoid(2))
+    ref = next(a for a in (u, c1, c2) if isinstance(a, torch.Tensor))
+    c1, c2, u = (torch.as_tensor(a, dtype=ref.dtype, device=ref.device) for a in (c1, c2, u))
     au = torch.abs(u)
     t = torch.exp(-au)
     pos = u >= 0
@@ -174,6 +178,8 @@ class _TorchOps:
         """``log(c1 sigmoid(u) + c2 sigmoid(-u))`` (``c1, c2 >= 0``): the p_t form."""
         tensors = [a for a in (c1, c2, u) if isinstance(a, torch.Tensor)]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            if not isinstance(u, torch.Tensor):
+                u = torch.as_tensor(u, dtype=tensors[0].dtype, device=tensors[0].device)
             return _LogMixPT.apply(c1, c2, u)
         return _log_mix_pt(c1, c2, u)
 

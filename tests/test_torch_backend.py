@@ -3,6 +3,8 @@ stability at extreme logits, dtypes, devices and errors."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import sympy
@@ -561,3 +563,41 @@ def test_the_p_t_form_outside_the_target_domain_is_the_plain_formula() -> None:
     sn = torch.sigmoid(xn)
     (gn,) = torch.autograd.grad(-torch.log(y * sn + (1 - y) * (1 - sn)).sum(), xn)
     torch.testing.assert_close(g, gn)
+
+
+def test_a_p_t_mixture_with_number_coefficients_keeps_float64() -> None:
+    # torch.where on two Python numbers makes a float32 tensor: 2.6e-8 off in float64
+    loss = cl.define("ls", "-log(0.9*sigmoid(x) + 0.1*sigmoid(-x))", inputs=("x", "y"))
+    x = torch.tensor([2.0, -3.0, 40.0], dtype=torch.float64, requires_grad=True)
+    y = torch.zeros(3, dtype=torch.float64)
+    loss(x, y, reduction="sum").backward()
+    xr = x.detach().clone().requires_grad_()
+    s = torch.sigmoid(xr)
+    ref = -torch.log(0.9 * s + 0.1 * (1 - s))
+    ref.sum().backward()
+    torch.testing.assert_close(
+        loss(x.detach(), y, reduction="none"), ref.detach(), rtol=1e-15, atol=0
+    )
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-14, atol=1e-16)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["y*sigmoid(3) + x", "x + log(1 + exp(2))", "-log(y*sigmoid(2) + (1 - y)*sigmoid(-2)) + x"],
+)
+def test_sigmoid_and_softplus_of_a_constant_in_torch(text: str) -> None:
+    # the fast forward lowered sigmoid(3) to R.exp(-R.abs(3)) on a Python int
+    loss = cl.define("const", text, inputs=("x", "y"))
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(5, dtype=torch.float64, generator=g)
+    y = torch.rand(5, dtype=torch.float64, generator=g)
+    s2, s3 = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-3))
+    want = {
+        "y*sigmoid(3) + x": y * s3 + x,
+        "x + log(1 + exp(2))": x + math.log1p(math.exp(2)),
+        "-log(y*sigmoid(2) + (1 - y)*sigmoid(-2)) + x": -torch.log(y * s2 + (1 - y) * (1 - s2)) + x,
+    }[text]
+    torch.testing.assert_close(loss(x, y, reduction="none"), want)
+    np.testing.assert_allclose(
+        loss(x.numpy(), y.numpy(), reduction="none"), want.numpy(), rtol=1e-14
+    )
