@@ -241,3 +241,21 @@ def test_variants_and_options_go_through_get_and_torch() -> None:
 def test_a_wrong_sample_weight_names_the_per_sample_shape() -> None:
     with pytest.raises(ValueError, match=r"does not broadcast to the per-sample shape .* \(4,\)"):
         cl.get("cross_entropy")(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), weight=torch.ones(3))
+
+
+def test_multi_label_bce_written_with_p_t_is_stable_on_the_class_axis() -> None:
+    loss = cl.define(
+        "ml_pt",
+        "csum(-log(y*sigmoid(z) + (1 - y)*(1 - sigmoid(z))))",
+        inputs=("z", "y"),
+        classes=True,
+    )
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(6, 4, generator=g, dtype=torch.float64) * 100  # |z| up to ~300
+    t = torch.tensor([0, 1, 2, 3, 0, 1])
+    for target in (F.one_hot(t, 4).double(), t):
+        z = z0.clone().requires_grad_()
+        loss(z, target, reduction="sum").backward()
+        zr = z0.clone().requires_grad_()
+        F.binary_cross_entropy_with_logits(zr, F.one_hot(t, 4).double(), reduction="sum").backward()
+        torch.testing.assert_close(z.grad, zr.grad)
