@@ -65,6 +65,32 @@ def _log_mix_pt(c1: Any, c2: Any, u: torch.Tensor) -> torch.Tensor:
     return torch.log(torch.where(some, a + b * t, b)) - torch.where(some, 0.0, au) - torch.log1p(t)
 
 
+def _save_args(ctx: Any, args: tuple[Any, ...], out: torch.Tensor) -> None:
+    """Save a mix's arguments (tensors and plain numbers) and its value for backward."""
+    ctx.save_for_backward(*[a for a in args if isinstance(a, torch.Tensor)], out)
+    ctx.is_tensor = [isinstance(a, torch.Tensor) for a in args]
+    ctx.numbers = [a for a in args if not isinstance(a, torch.Tensor)]
+
+
+def _saved_args(ctx: Any) -> tuple[list[Any], torch.Tensor]:
+    """The arguments and value :func:`_save_args` saved."""
+    *saved, out = ctx.saved_tensors
+    tensors, numbers = iter(saved), iter(ctx.numbers)
+    return [next(tensors) if t else next(numbers) for t in ctx.is_tensor], out
+
+
+def _gradients(grad: torch.Tensor, ds: list[Any], args: list[Any]) -> tuple[Any, ...]:
+    """``grad * d`` per argument (0 where ``grad`` is 0: a where() branch not taken,
+    whose value may be nan), summed to each tensor argument's shape."""
+    unused = grad == 0
+    return tuple(
+        _sum_to(torch.where(unused, 0.0, grad * d), a.shape)
+        if isinstance(a, torch.Tensor) and a.requires_grad
+        else None
+        for d, a in zip(ds, args, strict=True)
+    )
+
+
 class _LogMixPT(torch.autograd.Function):
     """``_log_mix_pt`` with the derivatives ``calculus.LogMix`` uses (for ``c1, u, c2,
     -u``): ``d/dc1 = sigmoid(u)/M``, ``d/dc2 = sigmoid(-u)/M``,
@@ -73,28 +99,19 @@ class _LogMixPT(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, c1: Any, c2: Any, u: torch.Tensor) -> torch.Tensor:
         out = _log_mix_pt(c1, c2, u)
-        ctx.save_for_backward(*[a for a in (c1, c2) if isinstance(a, torch.Tensor)], u, out)
-        ctx.numbers = [a for a in (c1, c2) if not isinstance(a, torch.Tensor)]
-        ctx.is_tensor = [isinstance(a, torch.Tensor) for a in (c1, c2)]
+        _save_args(ctx, (c1, c2, u), out)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        *cs, u, out = ctx.saved_tensors
-        tensors, numbers = iter(cs), iter(ctx.numbers)
-        c1, c2 = (next(tensors) if t else next(numbers) for t in ctx.is_tensor)
-        unused = grad == 0
+        (c1, c2, u), out = _saved_args(ctx)
         au = torch.abs(u)
-        d = (
+        ds = [
             torch.exp(-F.softplus(-u) - out),
             torch.exp(-F.softplus(u) - out),
             (c1 - c2) * torch.exp(-au - 2 * F.softplus(-au) - out),
-        )
-        grads = [torch.where(unused, 0.0, grad * g) for g in d]
-        return tuple(
-            _sum_to(g, a.shape) if isinstance(a, torch.Tensor) and a.requires_grad else None
-            for g, a in zip(grads, (c1, c2, u), strict=True)
-        )
+        ]
+        return _gradients(grad, ds, [c1, c2, u])
 
 
 class _LogMix(torch.autograd.Function):
@@ -105,27 +122,18 @@ class _LogMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, *args: Any) -> torch.Tensor:
         out = _log_mix(*args)
-        ctx.save_for_backward(*[a for a in args if isinstance(a, torch.Tensor)], out)
-        ctx.is_tensor = [isinstance(a, torch.Tensor) for a in args]
-        ctx.numbers = [a for a in args if not isinstance(a, torch.Tensor)]
+        _save_args(ctx, args, out)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        *saved, out = ctx.saved_tensors
-        tensors, numbers = iter(saved), iter(ctx.numbers)
-        args = [next(tensors) if t else next(numbers) for t in ctx.is_tensor]
-        grads: list[Any] = []
-        unused = grad == 0  # e.g. the branch a where() did not take (out may be nan there)
+        args, out = _saved_args(ctx)
+        ds: list[Any] = []
         for c, v in zip(args[::2], args[1::2], strict=True):
             v = torch.as_tensor(v, dtype=out.dtype, device=out.device)
-            d_c = torch.exp(-F.softplus(-v) - out)
-            d_v = c * torch.exp(-F.softplus(-v) - F.softplus(v) - out)
-            grads += [torch.where(unused, 0.0, grad * d) for d in (d_c, d_v)]
-        return tuple(
-            _sum_to(g, a.shape) if isinstance(a, torch.Tensor) and a.requires_grad else None
-            for g, a in zip(grads, args, strict=True)
-        )
+            ds.append(torch.exp(-F.softplus(-v) - out))
+            ds.append(c * torch.exp(-F.softplus(-v) - F.softplus(v) - out))
+        return _gradients(grad, ds, args)
 
 
 class _TorchOps:
@@ -175,7 +183,7 @@ class _TorchOps:
 
     @staticmethod
     def log_mix_pt(c1: Any, c2: Any, u: torch.Tensor) -> torch.Tensor:
-        """``log(c1 sigmoid(u) + c2 sigmoid(-u))`` (``c1, c2 >= 0``): the p_t form."""
+        """``log(c1 sigmoid(u) + c2 sigmoid(-u))`` for any real coefficients: the p_t form."""
         tensors = [a for a in (c1, c2, u) if isinstance(a, torch.Tensor)]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             if not isinstance(u, torch.Tensor):

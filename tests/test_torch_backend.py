@@ -601,3 +601,20 @@ def test_sigmoid_and_softplus_of_a_constant_in_torch(text: str) -> None:
     np.testing.assert_allclose(
         loss(x.numpy(), y.numpy(), reduction="none"), want.numpy(), rtol=1e-14
     )
+
+
+def test_a_general_sigmoid_mixture_is_stable_with_second_derivatives() -> None:
+    # not the p_t pair: the guarded LogMix (logsumexp of log c_k - softplus(-v_k))
+    loss = cl.define("mix", "-log(y*sigmoid(x) + (1 - y)*sigmoid(2*x))", inputs=("x", "y"))
+    x = torch.tensor([-3.0, -0.5, 0.2, 2.0], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0.3, 0.0, 1.0, 0.7], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda a, b: loss(a, b, reduction="none"), (x, y), eps=1e-6, atol=1e-6
+    )
+    far = torch.tensor([-200.0, -1e4], requires_grad=True)  # the plain sum underflows
+    target = torch.tensor([0.5, 1.0])
+    out = loss(far, target, reduction="none")
+    out.sum().backward()
+    # -log(y sigmoid(x) + (1-y) sigmoid(2x)) -> -log(y) - x and slope -1 as x -> -inf
+    torch.testing.assert_close(out, -torch.log(target) - far.detach())
+    torch.testing.assert_close(far.grad, torch.tensor([-1.0, -1.0]))
