@@ -282,8 +282,27 @@ def _overflows(g: sympy.Expr) -> bool:
         a = g.args[0]
         # exp(w - logsumexp(w)) is a softmax probability: at most 1
         softmax = any(a + lse == lse.args[0] for lse in a.atoms(CLogSumExp))
-        return not a.is_number and not softmax
+        return not a.is_number and not softmax and not _bounded_p_t_weight(a)
     return isinstance(g, sympy.Pow) and g.exp.is_number and bool(g.exp > 1) and not g.base.is_number
+
+
+def _bounded_p_t_weight(a: sympy.Expr) -> bool:
+    """Whether ``exp(a)`` is LogMix's ``sigmoid(u) sigmoid(-u) / M`` for a p_t pair whose
+    coefficients sum to a positive number ``s``: then it is at most ``2 / s``
+    (``M >= max(c1, c2) sigmoid(-|u|)``), so it never overflows (the p_t form's
+    derivative needs no ``zero_times``)."""
+    from sympy.codegen.cfunctions import log1p
+
+    from customloss.calculus import LogMix
+
+    for m in a.atoms(LogMix):
+        if len(m.args) != 4 or m.args[3] != -m.args[1]:
+            continue
+        total = sympy.expand(m.args[0] + m.args[2])
+        u = sympy.Abs(m.args[1])
+        if total.is_number and total > 0 and a == -m - u - 2 * log1p(sympy.exp(-u)):
+            return True
+    return False
 
 
 def guard_vanishing_products(expr: sympy.Expr) -> sympy.Expr:
