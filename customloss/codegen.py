@@ -289,8 +289,9 @@ def _overflows(g: sympy.Expr) -> bool:
 def _bounded_p_t_weight(a: sympy.Expr) -> bool:
     """Whether ``exp(a)`` is LogMix's ``sigmoid(u) sigmoid(-u) / M`` for a p_t pair whose
     coefficients sum to a positive number ``s``: then it is at most ``2 / s``
-    (``M >= max(c1, c2) sigmoid(-|u|)``), so it never overflows (the p_t form's
-    derivative needs no ``zero_times``)."""
+    (``M >= max(c1, c2) sigmoid(-|u|)`` for ``c1, c2 >= 0``), so it never overflows
+    (the p_t form's derivative needs no ``zero_times``: a coefficient such as ``y`` or
+    ``1 - y`` is exactly 0 only inside that domain)."""
     from sympy.codegen.cfunctions import log1p
 
     from customloss.calculus import LogMix
