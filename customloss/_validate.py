@@ -195,6 +195,13 @@ def check_domain(what: str, values: Any, domain: str) -> None:
         )
 
 
+def check_sample_weight(shape: Sequence[int], sample_shape: Sequence[int]) -> None:
+    """A class-axis loss's sample ``weight`` broadcasts to the per-sample shape."""
+    check_broadcasts_to(
+        "weight", shape, sample_shape, "the per-sample shape (the input without its class axis)"
+    )
+
+
 def check_mean_denominator(loss: Any, learned: Sequence[str]) -> None:
     """Refuse gradients of params in the weighted mean's denominator (index targets).
 

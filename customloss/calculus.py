@@ -17,6 +17,7 @@ pattern (plain SymPy)                  stable form
 ``log(1 + x)``                         ``log1p(x)``
 ``exp(u) - 1``                         ``expm1(u)``
 ``log(cosh(u))``                       ``LogCosh(u)``
+``log(c1 Sigmoid(u) + c2 Sigmoid(-u))``  ``LogMixPair(c1, c2, u)``
 ``log(sum_k c_k Sigmoid(v_k))``         ``LogMix(c_1, v_1, ...)`` (``c_k >= 0``)
 ``log(exp(u))``                        ``u``
 =====================================  ====================================
@@ -164,12 +165,19 @@ def _real_log(x: Any) -> Any:
     return mpmath.log(x) if x > 0 else mpmath.mpf("-inf")
 
 
+def _mixture_weight(v: sympy.Expr, log_m: sympy.Expr) -> sympy.Expr:
+    """``Sigmoid(v) Sigmoid(-v) / M`` for ``log_m = log M``, as one exponential: the
+    factors apart under- and overflow (``0 * inf``) where the product is finite. Written
+    with ``softplus(v) + softplus(-v) = |v| + 2 log1p(e^{-|v|})``, which the runtime's
+    p_t form computes too, so a fused kernel shares it."""
+    av = sympy.Abs(v)
+    return sympy.exp(-av - 2 * log1p(sympy.exp(-av)) - log_m)
+
+
 class LogMix(_Numeric):
-    """``log(sum_k c_k Sigmoid(v_k))``; arguments ``(c_1, v_1, c_2, v_2, ...)``.
+    """``log(sum_k c_k Sigmoid(v_k))`` for ``c_k >= 0``; arguments ``(c_1, v_1, ...)``.
 
-    Coefficients ``c_k >= 0``, except for the two-term p_t form ``(c_1, u, c_2, -u)``,
-    which the runtimes evaluate for any real coefficients (see ``_sigmoid_mixture``).
-
+    (The two-term p_t form ``c_1 Sigmoid(u) + c_2 Sigmoid(-u)`` is :class:`LogMixPair`.)
     Evaluated as ``logsumexp_k(log c_k - softplus(-v_k))``: no term underflows, so the
     p_t form of BCE and focal loss (``log(y sigmoid(x) + (1-y)(1-sigmoid(x)))``) is
     finite at any logit. The derivatives are written without ``log c_k``
@@ -188,11 +196,7 @@ class LogMix(_Numeric):
         c, v = self.args[2 * k], self.args[2 * k + 1]
         if argindex % 2:  # d/dc_k = sigmoid(v_k) / M
             return sympy.exp(-Softplus(-v) - self)
-        # d/dv_k = c_k sigmoid(v_k) sigmoid(-v_k) / M, as one exponential: the factors
-        # apart under- and overflow (0 * inf) where the product is finite
-        # (softplus(v) + softplus(-v) = |v| + 2 log1p(e^{-|v|}): the runtimes' p_t form
-        # computes log1p(e^{-|u|}) too, and a fused kernel shares it)
-        return c * sympy.exp(-sympy.Abs(v) - 2 * log1p(sympy.exp(-sympy.Abs(v))) - self)
+        return c * _mixture_weight(v, self)  # d/dv_k
 
     def _eval_rewrite_as_log(self, *args: sympy.Expr, **kwargs: object) -> sympy.Expr:
         cs, vs = args[::2], args[1::2]
@@ -210,11 +214,60 @@ class LogMix(_Numeric):
         return all(a.is_real for a in self.args) or None
 
 
+class LogMixPair(_Numeric):
+    """``log(c1 Sigmoid(u) + c2 Sigmoid(-u))``, the p_t form; arguments ``(c1, c2, u)``.
+
+    ``c1 Sigmoid(u) + c2 Sigmoid(-u) = (a + b t) / (1 + t)`` with ``t = e^{-|u|}`` and
+    ``a``/``b`` the coefficients of the larger/smaller sigmoid, an identity for any real
+    coefficients: the runtimes (``R.log_mix_pt``) evaluate ``log(a + b t) - log1p(t)``
+    (``log(b) - |u|`` where ``a = 0``) with no domain guard. Derivatives as
+    :class:`LogMix`'s: ``d/dc1 = Sigmoid(u)/M``, ``d/dc2 = Sigmoid(-u)/M``,
+    ``d/du = (c1 - c2) w`` with the weight ``w = Sigmoid(u) Sigmoid(-u)/M``.
+    """
+
+    nargs = 3
+
+    def _mp(self, c1: Any, c2: Any, u: Any) -> Any:
+        return _real_log(c1 / (1 + mpmath.exp(-u)) + c2 / (1 + mpmath.exp(u)))
+
+    def weight(self) -> sympy.Expr:
+        """``Sigmoid(u) Sigmoid(-u) / M`` (see :func:`_mixture_weight`)."""
+        return _mixture_weight(self.args[2], self)
+
+    def weight_is_bounded(self) -> bool:
+        """Whether :meth:`weight` is at most ``2 / (c1 + c2)``: the coefficients sum to a
+        positive number (``y + (1 - y) = 1``), since ``M >= max(c1, c2) Sigmoid(-|u|)``
+        for ``c1, c2 >= 0``, and a coefficient like ``y`` or ``1 - y`` is exactly 0 only
+        inside that domain. Code generation then needs no ``zero_times`` around it."""
+        total = sympy.expand(self.args[0] + self.args[1])
+        return bool(total.is_number and total > 0)
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        c1, c2, u = self.args
+        if argindex == 1:
+            return sympy.exp(-Softplus(-u) - self)
+        if argindex == 2:
+            return sympy.exp(-Softplus(u) - self)
+        return (c1 - c2) * self.weight()
+
+    def _eval_rewrite_as_log(
+        self, c1: sympy.Expr, c2: sympy.Expr, u: sympy.Expr, **kwargs: object
+    ) -> sympy.Expr:
+        return sympy.log(c1 / (1 + sympy.exp(-u)) + c2 / (1 + sympy.exp(u)))
+
+    def _sympystr(self, printer: Any) -> str:
+        c1, c2, u = (printer.parenthesize(a, 50) for a in self.args)
+        return f"log({c1}*sigmoid({printer._print(self.args[2])}) + {c2}*sigmoid(-{u}))"
+
+    def _eval_is_real(self) -> bool | None:
+        return all(a.is_real for a in self.args) or None
+
+
 class KeptLog(_Numeric):
     """``log(u)`` that the stabiliser leaves alone (the unguarded branch of a rewrite)."""
 
     def _mp(self, u: Any) -> Any:
-        return mpmath.log(u)
+        return _real_log(u)
 
     nargs = 1
 
@@ -344,44 +397,40 @@ def _rule_add(e: sympy.Add) -> sympy.Expr:
 
 
 def _sigmoid_mixture(arg: sympy.Add) -> sympy.Expr | None:
-    """``log(sum_k c_k Sigmoid(v_k))`` as :class:`LogMix` (``None``: not such a sum).
+    """``log(sum_k c_k Sigmoid(v_k))`` as :class:`LogMixPair` (two terms in ``u`` and
+    ``-u``, any real coefficients) or :class:`LogMix` (``None``: not such a sum).
 
-    The rewrite holds for ``c_k >= 0``. Where a coefficient's sign is unknown
+    :class:`LogMix` holds for ``c_k >= 0``. Where a coefficient's sign is unknown
     (``1 - y`` for a target ``y``), it is guarded, and the plain logarithm
     (:class:`KeptLog`) is kept for ``c_k < 0``.
     """
-    args, conditions = [], []
-    terms = arg.args
-    if len(terms) == 2:
-        s0 = [f for f in sympy.Mul.make_args(terms[0]) if isinstance(f, Sigmoid)]
-        s1 = [f for f in sympy.Mul.make_args(terms[1]) if isinstance(f, Sigmoid)]
-        if len(s0) == 1 == len(s1) and s1[0].args[0] == -s0[0].args[0]:
-            c0, c1 = terms[0] / s0[0], terms[1] / s1[0]
-            if not (c0.has(Sigmoid) or c1.has(Sigmoid) or c0.has(sympy.I) or c1.has(sympy.I)):
-                # c0 sigmoid(u) + c1 sigmoid(-u) = (a + b e^{-|u|}) / (1 + e^{-|u|}) for
-                # any real coefficients: no guard (the runtimes use this form)
-                return LogMix(c0, s0[0].args[0], c1, s1[0].args[0])
-    for term in terms:
+    pairs = []
+    for term in arg.args:
         sigmoids = [f for f in sympy.Mul.make_args(term) if isinstance(f, Sigmoid)]
         if len(sigmoids) != 1:
             return None
         c = term / sigmoids[0]
         if c.has(Sigmoid) or c.has(sympy.I):
             return None
+        pairs.append((c, sigmoids[0].args[0]))
+    if len(pairs) == 2 and pairs[1][1] == -pairs[0][1]:
+        return LogMixPair(pairs[0][0], pairs[1][0], pairs[0][1])
+    conditions = []
+    for c, _ in pairs:
         if c.is_number:
             if not c.is_positive:
                 return None
         elif not c.is_nonnegative:
             conditions.append(sympy.Ge(c, 0))
-        args += [c, sigmoids[0].args[0]]
+    mixture = LogMix(*(a for pair in pairs for a in pair))
     if not conditions:
-        return LogMix(*args)
+        return mixture
     # (Second derivatives through autograd can be NaN here, off the domain or where the
     # plain sum underflows: where() selects values, but autograd multiplies the untaken
     # branch's zero gradient by its derivative. Making both branches' arguments harmless
     # where untaken was tried: a where() around a coefficient hides the vanishing factor
     # codegen.guard_vanishing_products needs, and first derivatives became NaN.)
-    return sympy.Piecewise((LogMix(*args), sympy.And(*conditions)), (KeptLog(arg), True))
+    return sympy.Piecewise((mixture, sympy.And(*conditions)), (KeptLog(arg), True))
 
 
 def _rule_log(e: sympy.log) -> sympy.Expr:

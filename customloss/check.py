@@ -295,13 +295,12 @@ def _mp() -> Any:
 
 
 def _mp_namespace() -> dict[str, Callable[..., Any]]:
+    from customloss.calculus import _real_log
+
     mp = _mp()
 
     def softplus(u: Any) -> Any:
         return u + mp.log1p(mp.exp(-u)) if u > 0 else mp.log1p(mp.exp(u))
-
-    def _mp_real_log(x: Any) -> Any:  # as floating point: nan below 0, -inf at 0
-        return mp.log(x) if x > 0 else (mp.mpf("-inf") if x == 0 else mp.mpf("nan"))
 
     def logsumexp(*args: Any) -> Any:
         m = max(args)
@@ -309,10 +308,11 @@ def _mp_namespace() -> dict[str, Callable[..., Any]]:
 
     return {
         "KeptExp": mp.exp,
-        "KeptLog": mp.log,
-        "LogMix": lambda *a: _mp_real_log(
+        "KeptLog": _real_log,
+        "LogMix": lambda *a: _real_log(
             mp.fsum(c / (1 + mp.exp(-v)) for c, v in zip(a[::2], a[1::2], strict=True))
         ),
+        "LogMixPair": lambda c1, c2, u: _real_log(c1 / (1 + mp.exp(-u)) + c2 / (1 + mp.exp(u))),
         "Sigmoid": lambda u: 1 / (1 + mp.exp(-u)),
         "Softplus": softplus,
         "LogSumExp": logsumexp,

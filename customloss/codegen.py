@@ -46,6 +46,7 @@ FUNCTION_TABLE: dict[str, str] = {
     "KeptExp": "exp",
     "KeptLog": "log",
     "LogMix": "log_mix",
+    "LogMixPair": "log_mix_pt",
     "Max": "maximum",
     "Min": "minimum",
     "floor": "floor",
@@ -167,9 +168,6 @@ class KernelPrinter(StrPrinter):
     def _print__ZeroTimes(self, expr: Any) -> str:
         return f"R.zero_times({self._print(expr.args[0])}, {self._print(expr.args[1])})"
 
-    def _print__LogMixPT(self, expr: Any) -> str:
-        return f"R.log_mix_pt({', '.join(self._print(a) for a in expr.args)})"
-
     def _print_Heaviside(self, expr: sympy.Heaviside) -> str:
         h0 = expr.args[1] if len(expr.args) > 1 else sympy.S.Half
         return f"R.heaviside({self._print(expr.args[0])}, {float(h0)!r})"
@@ -230,26 +228,6 @@ class KernelPrinter(StrPrinter):
         return "False"
 
 
-class _LogMixPT(sympy.Function):
-    """``LogMix(c1, u, c2, -u)`` (the p_t form) as ``(c1, c2, u)``: the runtime has a
-    formula with three transcendental functions for it (``R.log_mix_pt``)."""
-
-    nargs = 3
-
-
-def _p_t_mixtures(expr: sympy.Expr) -> sympy.Expr:
-    """Mark two-term sigmoid mixtures of ``u`` and ``-u`` (before CSE names ``-u``)."""
-    from customloss.calculus import LogMix
-
-    def pt(node: sympy.Expr) -> sympy.Expr:
-        c1, u, c2, v = node.args
-        return _LogMixPT(c1, c2, u)
-
-    return expr.replace(
-        lambda n: isinstance(n, LogMix) and len(n.args) == 4 and n.args[3] == -n.args[1], pt
-    )
-
-
 class _NegAbsExp(sympy.Function):
     """``exp(-|a|)``: the one transcendental shared by sigmoid(+-a) and softplus(+-a)."""
 
@@ -276,34 +254,16 @@ def _overflows(g: sympy.Expr) -> bool:
     """A factor that overflows to inf while its true value is finite: a power with a
     constant exponent above 1 of a non-constant base (``x**2``), or ``exp`` of a
     non-constant argument (a ratio of softmax probabilities, ``exp(z_j - z_t)``)."""
-    from customloss.calculus import CLogSumExp, KeptExp
+    from customloss.calculus import CLogSumExp, KeptExp, LogMixPair
 
     if isinstance(g, (sympy.exp, KeptExp)):
         a = g.args[0]
         # exp(w - logsumexp(w)) is a softmax probability: at most 1
         softmax = any(a + lse == lse.args[0] for lse in a.atoms(CLogSumExp))
-        return not a.is_number and not softmax and not _bounded_p_t_weight(a)
+        # a p_t pair's derivative weight whose coefficients sum to a positive number
+        bounded = any(g == m.weight() and m.weight_is_bounded() for m in a.atoms(LogMixPair))
+        return not a.is_number and not softmax and not bounded
     return isinstance(g, sympy.Pow) and g.exp.is_number and bool(g.exp > 1) and not g.base.is_number
-
-
-def _bounded_p_t_weight(a: sympy.Expr) -> bool:
-    """Whether ``exp(a)`` is LogMix's ``sigmoid(u) sigmoid(-u) / M`` for a p_t pair whose
-    coefficients sum to a positive number ``s``: then it is at most ``2 / s``
-    (``M >= max(c1, c2) sigmoid(-|u|)`` for ``c1, c2 >= 0``), so it never overflows
-    (the p_t form's derivative needs no ``zero_times``: a coefficient such as ``y`` or
-    ``1 - y`` is exactly 0 only inside that domain)."""
-    from sympy.codegen.cfunctions import log1p
-
-    from customloss.calculus import LogMix
-
-    for m in a.atoms(LogMix):
-        if len(m.args) != 4 or m.args[3] != -m.args[1]:
-            continue
-        total = sympy.expand(m.args[0] + m.args[2])
-        u = sympy.Abs(m.args[1])
-        if total.is_number and total > 0 and a == -m - u - 2 * log1p(sympy.exp(-u)):
-            return True
-    return False
 
 
 def guard_vanishing_products(expr: sympy.Expr) -> sympy.Expr:
@@ -457,7 +417,7 @@ def generate_kernel(
     for i, (sym, _, _) in enumerate(prelude):
         names[sym] = f"_g{i}"
     printer = KernelPrinter(names, ref)
-    exprs = [_p_t_mixtures(guard_vanishing_products(e)) for _, e in outputs]
+    exprs = [guard_vanishing_products(e) for _, e in outputs]
     if fast:
         exprs = lower_for_speed(exprs)
     temps = sympy.numbered_symbols("_t")

@@ -61,12 +61,7 @@ def _prepare(
     w = None
     if weight is not None:
         w = _numeric("weight", weight, cdt)
-        _validate.check_broadcasts_to(
-            "weight",
-            w.shape,
-            sample_shape,
-            "the per-sample shape (the input without its class axis)",
-        )
+        _validate.check_sample_weight(w.shape, sample_shape)
         w = np.broadcast_to(w, sample_shape).reshape(keep)
     return {
         "x": x,

@@ -234,9 +234,7 @@ def from_config(config: Mapping[str, Any]) -> Loss:
         index_mean_weight=config.get("index_mean_weight"),
         domains=config.get("domains"),
     )
-    options = config.get("options") or {}
-    if not isinstance(options, Mapping):
-        raise ValueError("loss config 'options' must be a table/dict of option -> value")
+    options = config.get("options") or {}  # (a mapping: _check_types)
     bad = [k for k in options if k not in loss.options]
     if bad:
         valid = ", ".join(loss.options) or "none (only class-axis losses take options)"

@@ -261,7 +261,7 @@ def _resolved_params(loss: Loss, params: Mapping[str, Any] | None) -> dict[str, 
     out: dict[str, Any] = {}
     for k, default in loss.params.items():
         v = params.get(k, default)
-        if isinstance(v, np.ndarray) or hasattr(v, "tolist"):  # NumPy/torch vectors
+        if hasattr(v, "tolist"):  # NumPy/torch values
             v = v.tolist()
             v = tuple(v) if isinstance(v, list) else v
         out[k] = 1.0 if v is None else v  # a required param without a value: 1.0

@@ -32,108 +32,101 @@ __all__ = ["RUNTIME", "LossFunction", "LossModule", "evaluate"]
 _LOG2 = math.log(2.0)
 
 
-def _log_mix(*args: Any) -> torch.Tensor:
+def _tensors(args: tuple[Any, ...]) -> list[torch.Tensor]:
+    """The arguments as tensors; numbers (a constant term or coefficient the generated
+    code passes) take the dtype and device of the first tensor."""
     ref = next(a for a in args if isinstance(a, torch.Tensor))
-    terms = [
-        torch.log(torch.as_tensor(c, dtype=ref.dtype, device=ref.device))
-        - F.softplus(-torch.as_tensor(v, dtype=ref.dtype, device=ref.device))
-        for c, v in zip(args[::2], args[1::2], strict=True)
+    return [
+        a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
+        for a in args
     ]
+
+
+def _wants_grad(tensors: list[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _log_mix(*args: torch.Tensor) -> torch.Tensor:
+    terms = [torch.log(c) - F.softplus(-v) for c, v in zip(args[::2], args[1::2], strict=True)]
     out = terms[0]
     for t in terms[1:]:  # elementwise (fuses under Inductor; a stack would not)
         out = torch.logaddexp(out, t)
     return out
 
 
-def _log_mix_pt(c1: Any, c2: Any, u: torch.Tensor) -> torch.Tensor:
+def _log_mix_pt(c1: torch.Tensor, c2: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``log(c1 sigmoid(u) + c2 sigmoid(-u))``, with three transcendental functions.
 
     With ``t = e^{-|u|}`` and ``a`` / ``b`` the coefficients of the larger / smaller
     sigmoid: ``log(a + b t) - log1p(t)``; where ``a == 0`` the sum is ``b t``, whose log
-    ``log(b) - |u|`` does not underflow.
+    ``log(b) - |u|`` does not underflow. An identity for any real ``c1, c2``.
     """
-    # numbers as tensors of the tensors' dtype (torch.where would make two numbers
-    # float32; u is a number for sigmoid(2))
-    ref = next(a for a in (u, c1, c2) if isinstance(a, torch.Tensor))
-    c1, c2, u = (torch.as_tensor(a, dtype=ref.dtype, device=ref.device) for a in (c1, c2, u))
     au = torch.abs(u)
     t = torch.exp(-au)
     pos = u >= 0
     a = torch.where(pos, c1, c2)
     b = torch.where(pos, c2, c1)
-    some = a != 0  # (an identity for any real c1, c2: no domain guard needed)
+    some = a != 0
     return torch.log(torch.where(some, a + b * t, b)) - torch.where(some, 0.0, au) - torch.log1p(t)
 
 
-def _save_args(ctx: Any, args: tuple[Any, ...], out: torch.Tensor) -> None:
-    """Save a mix's arguments (tensors and plain numbers) and its value for backward."""
-    ctx.save_for_backward(*[a for a in args if isinstance(a, torch.Tensor)], out)
-    ctx.is_tensor = [isinstance(a, torch.Tensor) for a in args]
-    ctx.numbers = [a for a in args if not isinstance(a, torch.Tensor)]
+def _mixture_weight(v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(v) sigmoid(-v) / M`` for ``out = log M`` (``calculus._mixture_weight``)."""
+    av = torch.abs(v)
+    return torch.exp(-av - 2 * torch.log1p(torch.exp(-av)) - out)
 
 
-def _saved_args(ctx: Any) -> tuple[list[Any], torch.Tensor]:
-    """The arguments and value :func:`_save_args` saved."""
-    *saved, out = ctx.saved_tensors
-    tensors, numbers = iter(saved), iter(ctx.numbers)
-    return [next(tensors) if t else next(numbers) for t in ctx.is_tensor], out
-
-
-def _gradients(grad: torch.Tensor, ds: list[Any], args: list[Any]) -> tuple[Any, ...]:
+def _gradients(
+    grad: torch.Tensor, ds: list[Any], args: tuple[torch.Tensor, ...]
+) -> tuple[Any, ...]:
     """``grad * d`` per argument (0 where ``grad`` is 0: a where() branch not taken,
-    whose value may be nan), summed to each tensor argument's shape."""
+    whose value may be nan), summed to each argument's shape where it needs a grad."""
     unused = grad == 0
     return tuple(
-        _sum_to(torch.where(unused, 0.0, grad * d), a.shape)
-        if isinstance(a, torch.Tensor) and a.requires_grad
-        else None
+        _sum_to(torch.where(unused, 0.0, grad * d), a.shape) if a.requires_grad else None
         for d, a in zip(ds, args, strict=True)
     )
 
 
 class _LogMixPT(torch.autograd.Function):
-    """``_log_mix_pt`` with the derivatives ``calculus.LogMix`` uses (for ``c1, u, c2,
-    -u``): ``d/dc1 = sigmoid(u)/M``, ``d/dc2 = sigmoid(-u)/M``,
-    ``d/du = (c1 - c2) sigmoid(u) sigmoid(-u)/M``; 0 where the incoming gradient is 0."""
+    """``_log_mix_pt`` with the derivatives of ``calculus.LogMixPair``:
+    ``d/dc1 = sigmoid(u)/M``, ``d/dc2 = sigmoid(-u)/M``, ``d/du = (c1 - c2) w``."""
 
     @staticmethod
-    def forward(ctx: Any, c1: Any, c2: Any, u: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, c1: torch.Tensor, c2: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         out = _log_mix_pt(c1, c2, u)
-        _save_args(ctx, (c1, c2, u), out)
+        ctx.save_for_backward(c1, c2, u, out)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        (c1, c2, u), out = _saved_args(ctx)
-        au = torch.abs(u)
+        c1, c2, u, out = ctx.saved_tensors
         ds = [
             torch.exp(-F.softplus(-u) - out),
             torch.exp(-F.softplus(u) - out),
-            (c1 - c2) * torch.exp(-au - 2 * F.softplus(-au) - out),
+            (c1 - c2) * _mixture_weight(u, out),
         ]
-        return _gradients(grad, ds, [c1, c2, u])
+        return _gradients(grad, ds, (c1, c2, u))
 
 
 class _LogMix(torch.autograd.Function):
-    """``log(sum_k c_k sigmoid(v_k))`` with the derivatives ``calculus.LogMix`` uses:
-    ``d/dc_k = sigmoid(v_k)/M`` and ``d/dv_k = c_k sigmoid(v_k) sigmoid(-v_k)/M``, in
-    differentiable operations (autograd of ``log c_k`` would be ``0 * inf`` at 0)."""
+    """``_log_mix`` with the derivatives of ``calculus.LogMix``: ``d/dc_k =
+    sigmoid(v_k)/M`` and ``d/dv_k = c_k w_k``, in differentiable operations (autograd of
+    ``log c_k`` would be ``0 * inf`` at 0)."""
 
     @staticmethod
-    def forward(ctx: Any, *args: Any) -> torch.Tensor:
+    def forward(ctx: Any, *args: torch.Tensor) -> torch.Tensor:
         out = _log_mix(*args)
-        _save_args(ctx, args, out)
+        ctx.save_for_backward(*args, out)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        args, out = _saved_args(ctx)
+        *args, out = ctx.saved_tensors
         ds: list[Any] = []
         for c, v in zip(args[::2], args[1::2], strict=True):
-            v = torch.as_tensor(v, dtype=out.dtype, device=out.device)
-            ds.append(torch.exp(-F.softplus(-v) - out))
-            ds.append(c * torch.exp(-F.softplus(-v) - F.softplus(v) - out))
-        return _gradients(grad, ds, args)
+            ds += [torch.exp(-F.softplus(-v) - out), c * _mixture_weight(v, out)]
+        return _gradients(grad, ds, tuple(args))
 
 
 class _TorchOps:
@@ -164,32 +157,20 @@ class _TorchOps:
     @staticmethod
     def logsumexp(*args: torch.Tensor | float) -> torch.Tensor:
         # the generated code may pass a constant term (log(1 + exp(p)) -> logsumexp(0, p))
-        ref = next(a for a in args if isinstance(a, torch.Tensor))
-        terms = [
-            a
-            if isinstance(a, torch.Tensor)
-            else torch.full((), a, dtype=ref.dtype, device=ref.device)
-            for a in args
-        ]
-        return torch.logsumexp(torch.stack(torch.broadcast_tensors(*terms)), dim=0)
+        return torch.logsumexp(torch.stack(torch.broadcast_tensors(*_tensors(args))), dim=0)
 
     @staticmethod
-    def log_mix(*args: torch.Tensor) -> torch.Tensor:
+    def log_mix(*args: torch.Tensor | float) -> torch.Tensor:
         """``log(sum_k c_k sigmoid(v_k))``, arguments ``c_1, v_1, ...`` (``c_k >= 0``)."""
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return _LogMix.apply(*args)  # a backward without log(c): finite at c = 0
-        return _log_mix(*args)
+        ts = _tensors(args)
+        # a backward without log(c): finite at c = 0
+        return _LogMix.apply(*ts) if _wants_grad(ts) else _log_mix(*ts)
 
     @staticmethod
-    def log_mix_pt(c1: Any, c2: Any, u: torch.Tensor) -> torch.Tensor:
+    def log_mix_pt(c1: Any, c2: Any, u: Any) -> torch.Tensor:
         """``log(c1 sigmoid(u) + c2 sigmoid(-u))`` for any real coefficients: the p_t form."""
-        tensors = [a for a in (c1, c2, u) if isinstance(a, torch.Tensor)]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            if not isinstance(u, torch.Tensor):
-                u = torch.as_tensor(u, dtype=tensors[0].dtype, device=tensors[0].device)
-            return _LogMixPT.apply(c1, c2, u)
-        return _log_mix_pt(c1, c2, u)
+        ts = _tensors((c1, c2, u))  # (torch.where would make two numbers float32)
+        return _LogMixPT.apply(*ts) if _wants_grad(ts) else _log_mix_pt(*ts)
 
     @staticmethod
     def logcosh(x: torch.Tensor) -> torch.Tensor:

@@ -87,12 +87,7 @@ def _prepare(
     w = None
     if weight is not None:
         w = _as_tensor("weight", weight, input)
-        _validate.check_broadcasts_to(
-            "weight",
-            w.shape,
-            sample_shape,
-            "the per-sample shape (the input without its class axis)",
-        )
+        _validate.check_sample_weight(w.shape, sample_shape)
         w = torch.broadcast_to(w, sample_shape).reshape(keep_shape)
     return {
         "x": x,
