@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -154,45 +155,114 @@ def class_param_shape(
     return ()
 
 
-# -- value domains (checked on request: ``loss(..., validate=True)``) ---------------------
+# -- value domains ------------------------------------------------------------------------
+# Inputs' domains are checked on request (``loss(..., validate=True)``: a pass over the
+# data); params' domains whenever a value is given as a number, a list or a NumPy array
+# (a few values, no device synchronisation), and for tensors with ``validate=True``.
 DOMAINS = {
     "probability": "in [0, 1]",
     "binary": "in {0, 1}",
     "sign": "in {-1, +1}",
     "nonnegative": ">= 0",
+    "positive": "> 0",
 }
+#: the named domains that are intervals, as (low, high, low closed, high closed)
+_NAMED_INTERVALS = {
+    "probability": (0.0, 1.0, True, True),
+    "nonnegative": (0.0, float("inf"), True, False),
+    "positive": (0.0, float("inf"), False, False),
+}
+_INTERVAL_RE = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])\s*$")
+
+
+def domain_interval(domain: str) -> tuple[float, float, bool, bool] | None:
+    """``(low, high, low_closed, high_closed)`` of an interval domain, ``None`` for a set.
+
+    A domain is one of :data:`DOMAINS` or an interval written ``"[0, 1)"``,
+    ``"(0, inf)"``, ``"[-1, 1]"`` (``inf``/``-inf`` for an unbounded side).
+
+    Raises:
+        ValueError: ``domain`` is neither, naming it and the valid forms.
+    """
+    if domain in _NAMED_INTERVALS:
+        return _NAMED_INTERVALS[domain]
+    if domain in DOMAINS:
+        return None
+    m = _INTERVAL_RE.match(domain) if isinstance(domain, str) else None
+    if m:
+        try:
+            lo, hi = float(m[2]), float(m[3])
+        except ValueError:
+            m = None
+        else:
+            if not (lo != lo or hi != hi or lo > hi):
+                return lo, hi, m[1] == "[", m[4] == "]"
+    raise ValueError(
+        f"unknown domain {domain!r}; valid: {', '.join(DOMAINS)}, or an interval "
+        "such as '[0, 1)' or '(0, inf)'"
+    )
+
+
+def describe_domain(domain: str) -> str:
+    """``"in [0, 1]"``, ``"> 0"``, ``"in [0, 1)"``: the words of an error message."""
+    return DOMAINS.get(domain) or f"in {domain.strip()}"
 
 
 def check_domain(what: str, values: Any, domain: str) -> None:
     """Raise ``ValueError`` naming ``what`` if ``values`` leave ``domain``.
 
-    Works for NumPy arrays, array-likes and torch tensors (class-index targets, an
-    integer array for a class-axis loss, are not checked here).
+    Works for numbers, NumPy arrays, array-likes and torch tensors (class-index
+    targets, an integer array for a class-axis loss, are not checked here).
     """
     import numpy as np
 
+    interval = domain_interval(domain)
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
     v = np.asarray(values)
     if v.dtype.kind in "iu" and domain == "probability":
         return  # class indices
+    if v.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must be real numbers; got an array of dtype {v.dtype}")
     with np.errstate(invalid="ignore"):
-        if domain == "probability":
-            bad = ~((v >= 0) & (v <= 1))
+        if interval is not None:
+            lo, hi, lo_closed, hi_closed = interval
+            above = v >= lo if lo_closed else v > lo
+            below = v <= hi if hi_closed else v < hi
+            bad = ~(above & below)
         elif domain == "binary":
             bad = ~((v == 0) | (v == 1))
-        elif domain == "sign":
+        else:  # sign
             bad = ~((v == -1) | (v == 1))
-        elif domain == "nonnegative":
-            bad = ~(v >= 0)
-        else:
-            raise ValueError(f"unknown domain {domain!r}; valid: {', '.join(DOMAINS)}")
     bad &= ~np.isnan(v)  # NaN propagates; it is not a domain error
     if bad.any():
         first = v[bad].reshape(-1)[0]
-        raise ValueError(
-            f"{what} must be {DOMAINS[domain]}; found {float(first)!r} ({int(bad.sum())} value(s) outside)"
-        )
+        count = f" ({int(bad.sum())} of {v.size} values outside)" if v.size > 1 else ""
+        raise ValueError(f"{what} must be {describe_domain(domain)}; found {float(first)!r}{count}")
+
+
+def in_domain(value: float, domain: str) -> bool:
+    """Whether the number ``value`` lies in ``domain`` (NaN counts as inside)."""
+    try:
+        check_domain("", value, domain)
+    except ValueError:
+        return False
+    return True
+
+
+def check_param_domains(
+    loss_name: str, domains: Mapping[str, str], values: Mapping[str, Any], *, tensors: bool
+) -> None:
+    """Check the params in ``values`` that have a declared domain.
+
+    Numbers, sequences and NumPy arrays are always checked; torch tensors only when
+    ``tensors`` (``validate=True``: reading a GPU tensor synchronises the device).
+    """
+    for name, value in values.items():
+        domain = domains.get(name)
+        if domain is None or value is None or (hasattr(value, "detach") and not tensors):
+            continue
+        check_domain(f"loss {loss_name!r}: param {name!r}", value, domain)
 
 
 def check_sample_weight(shape: Sequence[int], sample_shape: Sequence[int]) -> None:

@@ -77,6 +77,7 @@ def mae(p, y):
 
 @loss(
     params={"delta": 1.0},
+    domains={"delta": "positive"},
     references=(
         "Huber, P. J. (1964). Robust Estimation of a Location Parameter. "
         "Annals of Mathematical Statistics 35(1), eq. (4)",
@@ -102,6 +103,7 @@ def huber(p, y, delta):
 
 @loss(
     params={"beta": 1.0},
+    domains={"beta": "nonnegative"},
     references=(
         "Girshick, R. (2015). Fast R-CNN. ICCV, eq. (3)",
         "PyTorch: torch.nn.functional.smooth_l1_loss",
@@ -147,6 +149,7 @@ def log_cosh(p, y):
 
 @loss(
     params={"q": 0.5},
+    domains={"q": "probability"},
     references=(
         "Koenker, R., Bassett, G. (1978). Regression Quantiles. Econometrica 46(1), "
         "the check function rho_tau",
@@ -247,7 +250,7 @@ def hinge(x, y):
 
 
 @loss(
-    domains={"y": "probability"},
+    domains={"y": "probability", "gamma": "nonnegative"},
     params={"alpha": 0.25, "gamma": 2.0},
     references=(
         "Lin, T.-Y., Goyal, P., Girshick, R., He, K., Dollar, P. (2017). Focal Loss for "
@@ -285,7 +288,12 @@ def focal(x, y, alpha, gamma):
 
 
 @loss(
-    domains={"y": "probability"},
+    domains={
+        "y": "probability",
+        "gamma_pos": "nonnegative",
+        "gamma_neg": "nonnegative",
+        "clip": "probability",
+    },
     params={"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05},
     references=(
         "Ridnik, T., Ben-Baruch, E., Zamir, N., Noy, A., Friedman, I., Protter, M., "

@@ -16,6 +16,7 @@ __all__ = ["CLASS_LOSSES", "class_balanced"]
     classes=True,
     params={"class_weight": 1.0, "label_smoothing": 0.0},
     class_params=("class_weight",),
+    domains={"label_smoothing": "probability"},
     index_mean_weight=lambda z, y, class_weight, label_smoothing: cl.csum(class_weight * y),
     references=("PyTorch: torch.nn.functional.cross_entropy",),
 )
@@ -83,6 +84,7 @@ def kl_div(q, p):
     classes=True,
     params={"alpha": 1.0, "gamma": 2.0},
     class_params=("alpha",),
+    domains={"gamma": "nonnegative"},
     references=("Lin et al. 2017, Focal Loss for Dense Object Detection, eq. 5",),
 )
 def softmax_focal(z, y, alpha, gamma):
@@ -170,6 +172,10 @@ def class_balanced(base: str = "ce") -> Loss:
         name,
         classes=True,
         params=params,
+        # beta = 1 would be 0/0 in the weights (the limit is uniform weights)
+        domains={"counts": "positive", "beta": "[0, 1)", "gamma": "nonnegative"}
+        if "gamma" in params
+        else {"counts": "positive", "beta": "[0, 1)"},
         doc=class_balanced.__doc__,
         references=("Cui et al. 2019, Class-Balanced Loss, eq. 3",),
     )(fn)
@@ -180,6 +186,7 @@ def class_balanced(base: str = "ce") -> Loss:
 @loss(
     classes=True,
     params={"counts": None, "max_margin": 0.5, "s": 30.0},
+    domains={"counts": "positive"},
     references=("Cao et al. 2019, LDAM loss, eq. 13",),
 )
 def ldam(z, y, counts, max_margin, s):

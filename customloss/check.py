@@ -17,7 +17,8 @@ What is scanned (all of it can be changed by arguments):
   usual conventions use (``{0, 1}`` labels, ``{-1, +1}`` labels, soft labels, regression
   targets); a point whose true value is undefined there is skipped, not reported;
 * params: the defaults, then each param in turn set to each of :data:`PARAM_VALUES`
-  (one at a time, the others at their defaults);
+  that lies in the param's declared domain (one at a time, the others at their
+  defaults);
 * dtypes ``float32``, ``float64`` and ``bfloat16``; backends ``numpy`` (value and
   :meth:`Loss.gradient <customloss.loss.Loss.gradient>`), ``torch`` (autograd with only the
   prediction requiring grad: the fused training kernel) and ``torch/full`` (autograd with
@@ -603,7 +604,13 @@ def _param_sets(loss: Loss, values: Mapping[str, Iterable[float]] | None) -> lis
         else:
             start = float(default)
         base[name] = start
-        chosen = values.get(name, PARAM_VALUES)
+        domain = loss.domains.get(name)
+        if name in values:
+            chosen = [float(v) for v in values[name]]
+            if domain is not None:  # asked for explicitly: refused, naming the value
+                _validate.check_domain(f"check(): values of param {name!r}", chosen, domain)
+        else:  # the generic grid, within the param's declared domain
+            chosen = [v for v in PARAM_VALUES if domain is None or _validate.in_domain(v, domain)]
         candidates[name] = [float(v) for v in (*extra, *chosen)]
     sets = [dict(base)]
     seen = {tuple(base.items())}

@@ -481,7 +481,7 @@ def finite_difference_check(
             an = analytic if col is None else analytic[:, col]
             fds = []
             for scale in (1.0, 0.1):
-                fds.append(_fd(value, x, y, call, name, role, col, scale))
+                fds.append(_fd(value, x, y, call, name, role, col, scale, loss.domains.get(name)))
             finite = np.isfinite(base) & np.isfinite(an) & np.isfinite(fds[0]) & np.isfinite(fds[1])
             scale = max(1.0, float(np.max(np.abs(an[finite]), initial=0.0)))
             good = _close(an, fds[0], rtol, 1e-7 * scale) | _close(an, fds[1], rtol, 1e-7 * scale)
@@ -511,14 +511,25 @@ def _fd(
     role: str,
     col: int | None,
     scale: float,
+    domain: str | None = None,
 ) -> np.ndarray:
-    """Central difference of the elementwise loss (per sample) along one variable."""
+    """Central difference of the elementwise loss (per sample) along one variable
+    (one-sided, from inside, at the edge of a param's ``domain``)."""
     if role == "param":
+        from customloss import _validate
+
         v = float(call[name])
         h = 1e-6 * scale * max(1.0, abs(v))
-        hi = value(x, y, **{name: np.float64(v + h)})
-        lo = value(x, y, **{name: np.float64(v - h)})
-        return (hi - lo) / (2 * h)
+        inside = [domain is None or _validate.in_domain(v + k * h, domain) for k in (-1, 1)]
+        if all(inside):
+            hi = value(x, y, **{name: np.float64(v + h)})
+            lo = value(x, y, **{name: np.float64(v - h)})
+            return (hi - lo) / (2 * h)
+        # at the edge of the param's domain (label_smoothing = 0): a one-sided
+        # second-order difference from inside, -3 f(v) + 4 f(v + s h) - f(v + 2 s h)
+        s = 1.0 if inside[1] else -1.0
+        f = [value(x, y, **{name: np.float64(v + k * s * h)}) for k in (0, 1, 2)]
+        return s * (-3 * f[0] + 4 * f[1] - f[2]) / (2 * h)
     arr = x if role == "input" else y
     h = 1e-6 * scale * np.maximum(1.0, np.abs(arr if col is None else arr[:, col]))
     up, down = arr.copy(), arr.copy()

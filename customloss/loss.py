@@ -118,6 +118,7 @@ class Loss:
         doc: documentation text.
         classes: whether the inputs carry a class axis.
         references: literature references (free text).
+        domains: input or param name -> declared value domain (see :func:`loss`).
     """
 
     def __init__(
@@ -233,17 +234,21 @@ class Loss:
                     f"loss {name!r} uses the class reduction {reds[0]} but was not "
                     "declared with classes=True"
                 )
-        #: input name -> value domain ("probability", "binary", "sign", "nonnegative"),
-        #: checked when the loss is called with validate=True
+        #: input or param name -> value domain (a name in ``_validate.DOMAINS`` such as
+        #: "probability", "sign", "positive", or an interval such as "[0, 1)"); inputs
+        #: are checked when the loss is called with validate=True, params whenever a
+        #: value is given as a number, list or array (see ``_validate.check_param_domains``)
         self.domains: dict[str, str] = dict(domains or {})
         for k, d in self.domains.items():
-            if k not in inputs:
-                raise ValueError(f"loss {name!r}: domains names {k!r}, which is not an input")
-            if d not in _validate.DOMAINS:
+            if k not in inputs and k not in self.params:
                 raise ValueError(
-                    f"loss {name!r}: unknown domain {d!r} for {k!r}; valid: "
-                    + ", ".join(_validate.DOMAINS)
+                    f"loss {name!r}: domains names {k!r}, which is not an input or a param"
                 )
+            try:
+                _validate.domain_interval(d)
+            except ValueError as e:
+                raise ValueError(f"loss {name!r}: domain of {k!r}: {e}") from None
+        _validate.check_param_domains(name, self.domains, self.params, tensors=True)
         #: call options of class-axis losses (overridable per call and by with_defaults)
         self.options: dict[str, Any] = (
             {"class_dim": None, "ignore_index": -100} if self.classes else {}
@@ -580,8 +585,10 @@ class Loss:
             weight: multiplies the elementwise loss before reducing; must broadcast to
                 the input's shape.
             validate: check the inputs' value domains declared by the loss (e.g.
-                hinge targets in {-1, +1}, probabilities in [0, 1]) and raise
-                ``ValueError`` naming the argument (costs a pass over the data).
+                hinge targets in {-1, +1}, probabilities in [0, 1]) and those of
+                params given as tensors, and raise ``ValueError`` naming the argument
+                (costs a pass over the data).  Params given as numbers, lists or
+                arrays are checked against their domains on every call.
             **params: per-call param values (scalars, arrays or tensors broadcasting
                 to the input's shape).
 
@@ -590,7 +597,7 @@ class Loss:
             elementwise tensor / array.
         """
         _validate.check_reduction(reduction)
-        values, options = self._call_arguments(params)
+        values, options = self._call_arguments(params, validate=validate)
         if validate:
             for name, arg in zip(self.inputs, (input, target), strict=True):
                 if name in self.domains:
@@ -601,10 +608,15 @@ class Loss:
             self, input, target, reduction=reduction, weight=weight, params=values, **options
         )
 
-    def _call_arguments(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split call keywords into resolved param values and call options."""
+    def _call_arguments(
+        self, params: dict[str, Any], *, validate: bool = False
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split call keywords into resolved param values and call options, checking
+        the given params' domains (tensors only when ``validate``)."""
         options = {k: params.pop(k) for k in list(params) if k in self.options}
-        return self.resolve_params(params), {**self.options, **options}
+        values = self.resolve_params(params)
+        _validate.check_param_domains(self.name, self.domains, params, tensors=validate)
+        return values, {**self.options, **options}
 
     def gradient(
         self,
@@ -666,7 +678,9 @@ class Loss:
         )
         new = object.__new__(Loss)
         new.__dict__.update(self.__dict__)
-        new.params = {**self.params, **{k: _normalise_default(k, v) for k, v in params.items()}}
+        defaults = {k: _normalise_default(k, v) for k, v in params.items()}
+        _validate.check_param_domains(self.name, self.domains, defaults, tensors=True)
+        new.params = {**self.params, **defaults}
         new.options = {**self.options, **options}
         return new
 
@@ -849,6 +863,10 @@ def loss(
         index_mean_weight: with class-index targets, ``"mean"`` divides by the sum of
             this per-sample expression instead of the count (torch's weighted mean of
             ``cross_entropy``): a function of the same arguments, or a string.
+        domains: input or param name -> value domain: ``"probability"`` ([0, 1]),
+            ``"binary"``, ``"sign"``, ``"nonnegative"``, ``"positive"`` or an interval
+            such as ``"[0, 1)"``. Inputs are checked with ``validate=True``; params
+            whenever a value is given (defaults included).
 
     Returns:
         A decorator turning the function into a ``Loss`` (it is not registered).
@@ -932,9 +950,15 @@ def define(
         classes: the inputs carry a class axis.
         doc: documentation.
         references: literature references.
+        class_params, index_mean_weight: as for :func:`loss`.
+        domains: input or param name -> value domain: ``"probability"`` ([0, 1]),
+            ``"binary"``, ``"sign"``, ``"nonnegative"``, ``"positive"`` or an interval
+            such as ``"[0, 1)"``. Inputs are checked with ``validate=True``; params
+            whenever a value is given (defaults included).
 
     Raises:
-        ValueError: the text is not a valid loss (names the construct or symbol).
+        ValueError: the text is not a valid loss (names the construct or symbol), or
+            a default lies outside its param's domain.
     """
     inputs = _input_names(name, inputs)
     params = dict(params or {})

@@ -856,7 +856,7 @@ def _fresh_copy(loss: Loss) -> Loss:
             "classes": True,
             "class_params": [k for k in loss.per_class if k in loss.params and k not in implicit],
             "index_mean_weight": None if imw is None else imw.xreplace(sub),
-            "domains": {renamed[k]: d for k, d in loss.domains.items()},
+            "domains": {renamed.get(k, k): d for k, d in loss.domains.items()},
         }
     fresh = LossClass(
         loss.name,

@@ -535,6 +535,7 @@ class LossModule(torch.nn.Module):
         super().__init__()
         _validate.check_reduction(reduction)
         _validate.check_param_names(loss.name, params, list(loss.params))
+        _validate.check_param_domains(loss.name, loss.domains, params, tensors=True)
         self.loss = loss
         self.reduction = reduction
         self._required: list[str] = []

@@ -223,6 +223,123 @@ def test_import_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize(
+    ("name", "param", "bad", "call_torch"),
+    [
+        # torch refuses the same values in its own built-ins
+        ("huber", "delta", 0.0, lambda F, x, y, v: F.huber_loss(x, y, delta=v)),
+        ("huber", "delta", -1.0, lambda F, x, y, v: F.huber_loss(x, y, delta=v)),
+        ("smooth_l1", "beta", -0.5, lambda F, x, y, v: F.smooth_l1_loss(x, y, beta=v)),
+        (
+            "cross_entropy",
+            "label_smoothing",
+            1.5,
+            lambda F, x, y, v: F.cross_entropy(x, y.long(), label_smoothing=v),
+        ),
+    ],
+)
+def test_param_domains_refuse_what_torch_refuses(name, param, bad, call_torch):
+    import torch
+    import torch.nn.functional as F
+
+    loss = cl.get(name)
+    if loss.classes:
+        x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    else:
+        x, y = torch.randn(4), torch.randn(4)
+    with pytest.raises(RuntimeError):
+        call_torch(F, x, y.float() if not loss.classes else y, bad)
+    pattern = rf"loss {name!r}: param {param!r} must be"
+    with pytest.raises(ValueError, match=pattern):
+        loss(x, y, **{param: bad})
+    with pytest.raises(ValueError, match=pattern):
+        loss(x.numpy(), y.numpy(), **{param: bad})
+    with pytest.raises(ValueError, match=pattern):
+        loss.with_defaults(**{param: bad})
+    with pytest.raises(ValueError, match=pattern):
+        loss.torch(**{param: bad})
+    with pytest.raises(ValueError, match=pattern):
+        loss.gradient(x.numpy(), y.numpy(), **{param: bad})
+    # the edge of the domain is allowed and equals torch there
+    edge = {"delta": 1e-3, "beta": 0.0, "label_smoothing": 1.0}[param]
+    ref = call_torch(F, x.double(), y.double() if not loss.classes else y, edge)
+    assert float(loss(x.double(), y, **{param: edge})) == pytest.approx(float(ref), rel=1e-12)
+
+
+def test_negative_label_smoothing_is_refused_where_torch_silently_ignores_it():
+    # pytorch/pytorch#134767: F.cross_entropy computes label_smoothing < 0 as 0
+    import torch
+    import torch.nn.functional as F
+
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+    assert float(F.cross_entropy(x, y, label_smoothing=-0.1)) == float(F.cross_entropy(x, y))
+    with pytest.raises(ValueError, match=r"param 'label_smoothing' must be in \[0, 1\]"):
+        cl.get("cross_entropy")(x, y, label_smoothing=-0.1)
+
+
+def test_param_domain_of_class_counts_and_beta():
+    import torch
+
+    cb = cl.get("class_balanced")
+    z, y = torch.randn(3, 4, dtype=torch.float64), torch.tensor([0, 1, 3])
+    with pytest.raises(ValueError, match=r"param 'counts' must be > 0; found 0.0 \(1 of 4"):
+        cb(z, y, counts=[10, 0, 3, 4])
+    with pytest.raises(ValueError, match=r"param 'counts' must be > 0"):
+        cb(z, y, counts=np.array([10.0, -1.0, 3.0, 4.0]))
+    # tensors are read only on request (a GPU tensor would synchronise the device)
+    counts = torch.tensor([10.0, 0.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match=r"param 'counts' must be > 0"):
+        cb(z, y, counts=counts, validate=True)
+    with pytest.raises(ValueError, match=r"param 'beta' must be in \[0, 1\); found 1.0"):
+        cl.get("class_balanced", beta=1.0)
+    # beta = 0 is inside: every class weighs the same, so the loss is cross-entropy
+    ref = torch.nn.functional.cross_entropy(z, y)
+    got = cb(z, y, counts=[10, 1, 3, 4], beta=0.0)
+    assert float(got) == pytest.approx(float(ref), rel=1e-12)
+    with pytest.raises(ValueError, match=r"param 'counts' must be > 0"):
+        cl.get("ldam")(z, y, counts=[1, 2, 0, 4])
+    with pytest.raises(ValueError, match=r"param 'gamma' must be >= 0; found -1.0"):
+        cl.get("focal")(np.zeros(2), np.ones(2), gamma=-1)
+
+
+def test_declared_param_domains_intervals_and_errors():
+    k_loss = cl.define(
+        "k_dom", "k*(x - y)**2", inputs=("x", "y"), params={"k": 1.0}, domains={"k": "(0, 2]"}
+    )
+    x, y = np.array([1.0, 2.0]), np.array([0.0, 0.0])
+    assert float(k_loss(x, y, k=2.0)) == pytest.approx(2.0 * (1 + 4) / 2)
+    for bad in (0.0, 2.5, -np.inf):
+        with pytest.raises(ValueError, match=r"param 'k' must be in \(0, 2\]"):
+            k_loss(x, y, k=bad)
+    assert np.isnan(float(k_loss(x, y, k=np.nan)))  # NaN propagates, as for inputs
+    with pytest.raises(ValueError, match=r"param 'k' must be in \(0, 2\]; found 3.0"):
+        cl.define("k_dom2", "k*x", inputs=("x", "y"), params={"k": 3.0}, domains={"k": "(0, 2]"})
+    with pytest.raises(ValueError, match=r"domain of 'k': unknown domain '\(0, 2'"):
+        cl.define("k_dom3", "k*x", inputs=("x", "y"), params={"k": 1.0}, domains={"k": "(0, 2"})
+    with pytest.raises(ValueError, match=r"domain of 'k': unknown domain '\[2, 1\]'"):
+        cl.define("k_dom4", "k*x", inputs=("x", "y"), params={"k": 1.0}, domains={"k": "[2, 1]"})
+    with pytest.raises(ValueError, match="domains names 'z', which is not an input or a param"):
+        cl.define("k_dom5", "k*x", inputs=("x", "y"), params={"k": 1.0}, domains={"z": "positive"})
+    rebuilt = cl.get(k_loss.to_config())
+    assert rebuilt.domains == {"k": "(0, 2]"}
+    with pytest.raises(ValueError, match=r"param 'k' must be in \(0, 2\]"):
+        rebuilt(x, y, k=5.0)
+    import pickle
+
+    with pytest.raises(ValueError, match=r"param 'k' must be in \(0, 2\]"):
+        pickle.loads(pickle.dumps(k_loss))(x, y, k=5.0)
+
+
+def test_check_scans_only_params_inside_their_domain():
+    from customloss import check
+
+    ce = cl.get("cross_entropy")
+    sets = check._param_sets(ce, None)
+    assert {s["label_smoothing"] for s in sets} == {0.0, 0.25, 0.5, 1.0}
+    with pytest.raises(ValueError, match=r"values of param 'label_smoothing' must be in \[0, 1\]"):
+        check._param_sets(ce, {"label_smoothing": [0.5, 2.0]})
+
+
 def test_import_is_cheap_and_defers_sympy():
     code = "import sys, customloss; print('sympy' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -250,7 +367,7 @@ def test_validate_checks_declared_domains_before_any_work():
         prob(torch.tensor([0.5, 0.2]), torch.tensor([1.0, 0.5]), validate=True)
     nan_ok = prob(np.array([np.nan, 0.2]), np.array([1.0, 0.0]), validate=True, reduction="none")
     assert np.isnan(nan_ok[0])  # NaN propagates; it is not a domain error
-    with pytest.raises(ValueError, match="unknown domain 'positive'"):
-        cl.define("bad_dom", "p", inputs=("p", "y"), domains={"p": "positive"})
+    with pytest.raises(ValueError, match="unknown domain 'positive_definite'"):
+        cl.define("bad_dom", "p", inputs=("p", "y"), domains={"p": "positive_definite"})
     assert cl.get("hinge").domains == {"y": "sign"}
     assert cl.get(prob.to_config()).domains == prob.domains

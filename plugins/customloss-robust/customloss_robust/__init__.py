@@ -107,7 +107,7 @@ def _half_u(r: _Residual) -> sympy.Expr:
     return cl.where(r.small, r.u_small() / 2, cl.abs(r.x / r.c) ** 2 / 2)
 
 
-@cl.loss(params={"alpha": 1.0, "c": 1.0}, references=(BARRON_2019,))
+@cl.loss(params={"alpha": 1.0, "c": 1.0}, domains={"c": "positive"}, references=(BARRON_2019,))
 def general_robust(p, y, alpha, c):
     r"""Barron's general and adaptive robust loss; ``alpha`` may be any real or +-inf.
 
@@ -177,7 +177,11 @@ def general_robust(p, y, alpha, c):
     )
 
 
-@cl.loss(params={"c": 1.0}, references=(BARRON_2019, "Cauchy / Lorentzian loss"))
+@cl.loss(
+    params={"c": 1.0},
+    domains={"c": "positive"},
+    references=(BARRON_2019, "Cauchy / Lorentzian loss"),
+)
 def cauchy(p, y, c):
     r"""Cauchy (Lorentzian) loss, Barron's ``alpha = 0``.
 
@@ -197,7 +201,11 @@ def cauchy(p, y, c):
     return _log1p_sq(_Residual(p, y, c, k), k)
 
 
-@cl.loss(params={"c": 1.0}, references=(BARRON_2019, "Geman and McClure (1985)"))
+@cl.loss(
+    params={"c": 1.0},
+    domains={"c": "positive"},
+    references=(BARRON_2019, "Geman and McClure (1985)"),
+)
 def geman_mcclure(p, y, c):
     r"""Geman-McClure loss, Barron's ``alpha = -2``.
 
@@ -217,7 +225,11 @@ def geman_mcclure(p, y, c):
     return cl.where(r.small, 2 * u / (u + 4), 2 / (1 + 4 * (r.c / r.x) ** 2))
 
 
-@cl.loss(params={"c": 1.0}, references=(BARRON_2019, "Dennis and Welsch (1978)"))
+@cl.loss(
+    params={"c": 1.0},
+    domains={"c": "positive"},
+    references=(BARRON_2019, "Dennis and Welsch (1978)"),
+)
 def welsch(p, y, c):
     r"""Welsch (Leclerc) loss, Barron's ``alpha = -inf``.
 
@@ -237,7 +249,11 @@ def welsch(p, y, c):
     return _welsch(_Residual(p, y, c))
 
 
-@cl.loss(params={"c": 1.0}, references=(BARRON_2019, "Charbonnier et al. (1994)"))
+@cl.loss(
+    params={"c": 1.0},
+    domains={"c": "positive"},
+    references=(BARRON_2019, "Charbonnier et al. (1994)"),
+)
 def charbonnier(p, y, c):
     r"""Charbonnier (pseudo-Huber, L1-L2) loss, Barron's ``alpha = 1``.
 
