@@ -74,6 +74,22 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
 
+def _deferred_kind(obj: object) -> str | None:
+    """``"an async def"``/``"a generator"`` when ``obj`` (a function, or what a call
+    returned) defers its body, so calling it registers nothing; else ``None``."""
+    import inspect
+
+    if inspect.iscoroutinefunction(obj) or inspect.iscoroutine(obj):
+        return "an async def"
+    if inspect.isasyncgenfunction(obj) or inspect.isasyncgen(obj):
+        return "an async generator"
+    if inspect.isgeneratorfunction(obj) or inspect.isgenerator(obj):
+        return "a generator"
+    if inspect.isawaitable(obj):
+        return "awaitable"
+    return None
+
+
 class PluginLoadWarning(UserWarning):
     """A plugin could not be imported or its hook raised; it was skipped."""
 
@@ -448,6 +464,12 @@ class Registry:
             )
         elif any(impl.hookwrapper or impl.wrapper for impl in impls):
             problem = "its register_losses is a hook wrapper; it must be a plain hookimpl"
+        elif kind := next(filter(None, (_deferred_kind(impl.function) for impl in impls)), None):
+            # its body would never run: nothing registered, only a "never awaited" warning
+            problem = (
+                f"its register_losses is {kind}; it must be a plain function that calls "
+                "register(...)"
+            )
         if problem is not None:
             self._pm.unregister(plugin)
             self._fail(candidate, "checking it", TypeError(problem), strict)
@@ -458,7 +480,15 @@ class Registry:
                 # Each plugin is called on its own: one pluggy hook call would stop
                 # at the first plugin that raises and hide the ones after it.
                 arguments = {"register": registration}
-                impl.function(*(arguments[a] for a in impl.argnames))
+                result = impl.function(*(arguments[a] for a in impl.argnames))
+                if _deferred_kind(result):  # e.g. a decorated async function
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+                    raise TypeError(
+                        f"its register_losses returned {type(result).__name__!s}, whose body "
+                        "never runs; it must be a plain function that calls register(...)"
+                    )
         except Exception as exc:
             self._pm.unregister(plugin)
             self._fail(candidate, "calling its register_losses hook", exc, strict)

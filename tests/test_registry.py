@@ -445,6 +445,36 @@ def test_unknown_name_mentions_plugins_that_failed():
         reg.get("anything")
 
 
+def deferred_plugin(kind: str) -> types.ModuleType:
+    """A plugin whose register_losses body never runs when called (async, generator)."""
+    module = types.ModuleType(f"plug_deferred_{kind}")
+    loss = sq(f"deferred_{kind.replace('-', '_')}")
+    if kind == "async":
+
+        @cl.hookimpl
+        async def register_losses(register):
+            register(loss)
+
+    elif kind == "generator":
+
+        @cl.hookimpl
+        def register_losses(register):
+            register(loss)
+            yield
+
+    else:
+
+        async def body(register):
+            register(loss)
+
+        @cl.hookimpl
+        def register_losses(register):
+            return body(register)
+
+    module.register_losses = register_losses
+    return module
+
+
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
@@ -455,8 +485,30 @@ def test_unknown_name_mentions_plugins_that_failed():
         ),
         (plugin("plug_dup", sq("dup"), sq("dup")), "'dup' is already registered by plugin 'bad'"),
         (wrapper_plugin(), "checking it raised TypeError: its register_losses is a hook wrapper"),
+        (
+            deferred_plugin("async"),
+            "checking it raised TypeError: its register_losses is an async def; it must be "
+            "a plain function that calls register(...)",
+        ),
+        (
+            deferred_plugin("generator"),
+            "checking it raised TypeError: its register_losses is a generator",
+        ),
+        (
+            deferred_plugin("returns-coroutine"),
+            "calling its register_losses hook raised TypeError: its register_losses returned "
+            "coroutine",
+        ),
     ],
-    ids=["no-hookimpl", "not-a-loss", "duplicate-in-plugin", "wrapper"],
+    ids=[
+        "no-hookimpl",
+        "not-a-loss",
+        "duplicate-in-plugin",
+        "wrapper",
+        "async",
+        "generator",
+        "returns-coroutine",
+    ],
 )
 def test_invalid_plugins_are_skipped_with_a_warning(module, expected):
     good = FakeEntryPoint("good", plugin(f"plug_good_{id(module)}", sq("good_sq")))
