@@ -52,7 +52,7 @@ import itertools
 import math
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -843,52 +843,60 @@ def check(
         y = _round(grid_y, dtype)
         keep = np.isfinite(p) & np.isfinite(y)  # e.g. 1e30 is not a float16
         p, y = p[keep], y[keep]
-        for pset in sets:
-            pr = {k: float(_round(np.array([v]), dtype)[0]) for k, v in pset.items()}
-            if not all(math.isfinite(v) for v in pr.values()):
+        for pr, backend in _scan_runs(sets, backends, dtype, bool(wrt)):
+            try:
+                results = _run(backend, loss, p, y, pr, dtype, wrt, device)
+            except Exception as exc:  # a backend failing on a whole grid is a finding
+                report.problems.append(
+                    Problem.call_failed(dtype, backend, pr, f"raised {type(exc).__name__}: {exc}")
+                )
                 continue
-            for backend in backends:
-                if (backend == "numpy" and dtype not in _NUMPY_DTYPES) or (
-                    backend == "torch/full" and not wrt
-                ):
-                    continue
-                try:
-                    results = _run(backend, loss, p, y, pr, dtype, wrt, device)
-                except Exception as exc:  # a backend failing on a whole grid is a finding
+            for quantity, out in results.items():
+                report.evaluated += out.size
+                for i in np.flatnonzero(~np.isfinite(out)):
+                    if max_problems is not None and len(report.problems) >= max_problems:
+                        report.stopped = True
+                        break
+                    point = (float(p[i]), float(y[i]), *(pr[k] for k in loss.params))
+                    got = float(out[i])
+                    tv = truth(quantity, point)
+                    what = _judge(quantity, got, tv, dtype, limit)
+                    if what is None:
+                        if tv.kind == "undefined" or (tv.kind == "inf" and tv.limit):
+                            report.skipped += 1
+                        continue
                     report.problems.append(
-                        Problem.call_failed(
-                            dtype, backend, pr, f"raised {type(exc).__name__}: {exc}"
+                        Problem(
+                            dtype,
+                            backend,
+                            point[0],
+                            point[1],
+                            dict(pr),
+                            quantity,
+                            got,
+                            tv.value,
+                            what,
                         )
                     )
-                    continue
-                for quantity, out in results.items():
-                    report.evaluated += out.size
-                    for i in np.flatnonzero(~np.isfinite(out)):
-                        if max_problems is not None and len(report.problems) >= max_problems:
-                            report.stopped = True
-                            break
-                        point = (float(p[i]), float(y[i]), *(pr[k] for k in loss.params))
-                        got = float(out[i])
-                        tv = truth(quantity, point)
-                        what = _judge(quantity, got, tv, dtype, limit)
-                        if what is None:
-                            if tv.kind == "undefined" or (tv.kind == "inf" and tv.limit):
-                                report.skipped += 1
-                            continue
-                        report.problems.append(
-                            Problem(
-                                dtype,
-                                backend,
-                                point[0],
-                                point[1],
-                                dict(pr),
-                                quantity,
-                                got,
-                                tv.value,
-                                what,
-                            )
-                        )
     return report
+
+
+def _scan_runs(
+    sets: Sequence[Mapping[str, float]], backends: Sequence[str], dtype: str, any_wrt: bool
+) -> Iterator[tuple[dict[str, float], str]]:
+    """The (params rounded to ``dtype``, backend) runs of one dtype's scan: param sets
+    that stay finite in the dtype, backends that can run it (NumPy has no bfloat16;
+    ``torch/full`` needs something to differentiate)."""
+    for pset in sets:
+        pr = {k: float(_round(np.array([v]), dtype)[0]) for k, v in pset.items()}
+        if not all(math.isfinite(v) for v in pr.values()):
+            continue
+        for backend in backends:
+            if (backend == "numpy" and dtype not in _NUMPY_DTYPES) or (
+                backend == "torch/full" and not any_wrt
+            ):
+                continue
+            yield pr, backend
 
 
 def _judge(quantity: str, got: float, tv: TrueValue, dtype: str, limit: float) -> str | None:
@@ -1329,71 +1337,61 @@ def _check_classes(
                 t = t_rows = np.tile(tr, (len(r), 1))
                 valid = np.ones(len(x), dtype=bool)
             here = tuple(n for n in wrt if not (index and n == targ))  # indices: no d/dy
-            for pset in sets:
-                pr = {k: float(_round(np.array([v]), dtype)[0]) for k, v in pset.items()}
-                if not all(math.isfinite(v) for v in pr.values()):
+            for pr, backend in _scan_runs(sets, backends, dtype, bool(here)):
+
+                def judged(
+                    i: int,
+                    pr: dict[str, float] = pr,
+                    x: np.ndarray = x,
+                    t_rows: np.ndarray = t_rows,
+                    valid: np.ndarray = valid,
+                    index: bool = index,
+                ) -> bool:  # called at once, in this iteration
+                    point = class_point(loss, x[i], t_rows[i], pr)
+                    tv = truth("value", 0, point, index) if valid[i] else ignored_truth(point)
+                    return tv.kind != "undefined"
+
+                try:
+                    results = _class_results(backend, loss, x, t, pr, dtype, here, device, judged)
+                except Exception as exc:  # a backend failing on a whole grid is a finding
+                    what = f"raised {type(exc).__name__}: {exc}"
+                    kind = "class-index" if index else "probability"
+                    report.problems.append(
+                        Problem.call_failed(dtype, backend, pr, f"{what} ({kind} targets)")
+                    )
                     continue
-                for backend in backends:
-                    if (backend == "numpy" and dtype not in _NUMPY_DTYPES) or (
-                        backend == "torch/full" and not here
-                    ):
-                        continue
-
-                    def judged(
-                        i: int,
-                        pr: dict[str, float] = pr,
-                        x: np.ndarray = x,
-                        t_rows: np.ndarray = t_rows,
-                        valid: np.ndarray = valid,
-                        index: bool = index,
-                    ) -> bool:  # called at once, in this iteration
+                for quantity, out in results.items():
+                    report.evaluated += out.size
+                    per_class = quantity != "value" and quantity[3:] in loss.per_class
+                    for i, c in zip(*np.nonzero(~np.isfinite(out)), strict=True):
+                        if max_problems is not None and len(report.problems) >= max_problems:
+                            report.stopped = True
+                            break
                         point = class_point(loss, x[i], t_rows[i], pr)
-                        tv = truth("value", 0, point, index) if valid[i] else ignored_truth(point)
-                        return tv.kind != "undefined"
-
-                    try:
-                        results = _class_results(
-                            backend, loss, x, t, pr, dtype, here, device, judged
-                        )
-                    except Exception as exc:  # a backend failing on a whole grid is a finding
-                        what = f"raised {type(exc).__name__}: {exc}"
-                        kind = "class-index" if index else "probability"
+                        if valid[i]:
+                            tv = truth(quantity, int(c), point, index)
+                        else:
+                            tv = ignored_truth(point)
+                        label = f"{quantity}[{c}]" if per_class else quantity
+                        got = float(out[i, c])
+                        what = _judge(label, got, tv, dtype, limit)
+                        if what is None:
+                            if tv.kind == "undefined" or (tv.kind == "inf" and tv.limit):
+                                report.skipped += 1
+                            continue
                         report.problems.append(
-                            Problem.call_failed(dtype, backend, pr, f"{what} ({kind} targets)")
-                        )
-                        continue
-                    for quantity, out in results.items():
-                        report.evaluated += out.size
-                        per_class = quantity != "value" and quantity[3:] in loss.per_class
-                        for i, c in zip(*np.nonzero(~np.isfinite(out)), strict=True):
-                            if max_problems is not None and len(report.problems) >= max_problems:
-                                report.stopped = True
-                                break
-                            point = class_point(loss, x[i], t_rows[i], pr)
-                            if valid[i]:
-                                tv = truth(quantity, int(c), point, index)
-                            else:
-                                tv = ignored_truth(point)
-                            label = f"{quantity}[{c}]" if per_class else quantity
-                            got = float(out[i, c])
-                            what = _judge(label, got, tv, dtype, limit)
-                            if what is None:
-                                if tv.kind == "undefined" or (tv.kind == "inf" and tv.limit):
-                                    report.skipped += 1
-                                continue
-                            report.problems.append(
-                                Problem(
-                                    dtype,
-                                    backend,
-                                    tuple(float(v) for v in x[i]),
-                                    int(t[i]) if index else tuple(float(v) for v in t[i]),
-                                    dict(pr),
-                                    label,
-                                    got,
-                                    tv.value,
-                                    what,
-                                )
+                            Problem(
+                                dtype,
+                                backend,
+                                tuple(float(v) for v in x[i]),
+                                int(t[i]) if index else tuple(float(v) for v in t[i]),
+                                dict(pr),
+                                label,
+                                got,
+                                tv.value,
+                                what,
                             )
+                        )
     return report
 
 
