@@ -56,8 +56,12 @@ def _prepare(
         idx = target.long().reshape(keep_shape)
         valid = idx != ignore_index
         bad = valid & ((idx < 0) | (idx >= n_classes))
-        # one read-back for both questions (a GPU synchronises once)
-        any_bad, any_ignored = torch.stack([bad.any(), ~valid.all()]).tolist()
+        # one read-back for both questions (a GPU synchronises once); meta tensors
+        # have no values to check (nor to be wrong), and take the masked path
+        if idx.device.type == "meta":
+            any_bad, any_ignored = False, True
+        else:
+            any_bad, any_ignored = torch.stack([bad.any(), ~valid.all()]).tolist()
         if any_bad:
             raise _validate.out_of_range_index(int(idx[bad][0]), n_classes, ignore_index)
         if any_ignored:

@@ -618,3 +618,81 @@ def test_a_general_sigmoid_mixture_is_stable_with_second_derivatives() -> None:
     # -log(y sigmoid(x) + (1-y) sigmoid(2x)) -> -log(y) - x and slope -1 as x -> -inf
     torch.testing.assert_close(out, -torch.log(target) - far.detach())
     torch.testing.assert_close(far.grad, torch.tensor([-1.0, -1.0]))
+
+
+# -- another device without a GPU: the meta device ------------------------------------
+# No GPU was lent to this project's sessions. Tensors on the "meta" device carry shapes,
+# dtypes and the device but no data, and torch refuses to mix them with CPU tensors of one
+# dimension or more, exactly as it refuses CPU/CUDA mixes. So a forward and backward on
+# meta tensors proves that no kernel, backward or module builds a CPU tensor where the
+# caller's device is meant (what would fail on CUDA). Values are not checked here (there
+# are none); class-index targets are validated by reading them (one synchronisation, as
+# torch's device-side assert), which has nothing to read on meta and is skipped there.
+_DEVICE_PROBES = {
+    # user-written losses reaching the runtime's other branches
+    "constant_grad": cl.define("dev_lin", "3*x - y", inputs=("x", "y")),
+    "class_constant_grad": cl.define(
+        "dev_csum", "csum(z) - csum(y*z)", inputs=("z", "y"), classes=True
+    ),
+    "specialised_where": cl.define(
+        "dev_where", "where(k > 0, (x - y)**2, abs(x - y))", inputs=("x", "y"), params={"k": 1.0}
+    ),
+    "margin_onehot": cl.get("ldam"),
+}
+
+
+def _device_cases() -> list[tuple[str, str]]:
+    names = [*cl.names(), *_DEVICE_PROBES]
+    loss = {n: _DEVICE_PROBES.get(n) or cl.get(n) for n in names}
+    return [(n, "probability") for n in names] + [(n, "index") for n in names if loss[n].classes]
+
+
+@pytest.mark.parametrize(("name", "targets"), _device_cases())
+def test_every_registered_loss_stays_on_the_inputs_device(name, targets, monkeypatch):
+    monkeypatch.setenv("CUSTOMLOSS_COMPILE", "0")
+    dev, n, c = torch.device("meta"), 8, 5
+    loss = _DEVICE_PROBES[name] if name in _DEVICE_PROBES else cl.get(name)
+    # (the weighted mean's denominator has no param gradient with index targets)
+    imw = loss.index_mean_weight if targets == "index" else None
+    fixed = {s.name for s in imw.free_symbols} if imw is not None else set()
+    if loss.classes:
+        x = torch.empty(n, c, device=dev, requires_grad=True)
+        y = torch.empty(n, c, device=dev)
+        if targets == "index":
+            y = torch.empty(n, device=dev, dtype=torch.long)
+    else:
+        x = torch.empty(n, device=dev, requires_grad=True)
+        y = torch.empty(n, device=dev, requires_grad=True)
+    params = {
+        k: torch.empty(c, device=dev, requires_grad=k not in fixed)
+        if v is None or (loss.classes and k in loss.per_class)
+        else torch.empty((), device=dev, requires_grad=k not in fixed)
+        for k, v in loss.params.items()
+    }
+    for reduction in ("mean", "sum", "none"):
+        out = loss(x, y, reduction=reduction, weight=torch.empty(n, device=dev), **params)
+        assert out.device == dev
+        out.sum().backward()
+    leaves = [x, *(p for p in params.values() if p.requires_grad)] + (
+        [y] if y.requires_grad else []
+    )
+    assert all(t.grad is not None and t.grad.device == dev for t in leaves)
+    required = {k: torch.empty(c, device=dev) for k, v in loss.params.items() if v is None}
+    module = loss.torch(reduction="sum").to(dev)
+    assert all(b.device == dev and b.dtype == torch.float64 for b in module.buffers())
+    assert module(x, y, **required).device == dev
+
+
+def test_multitask_module_stays_on_the_inputs_device():
+    dev = torch.device("meta")
+    mt = cl.multitask({"a": cl.get("mse"), "b": cl.get("cross_entropy")}, weighting="uncertainty")
+    module = mt.torch().to(dev)
+    x = torch.empty(6, device=dev, requires_grad=True)
+    z = torch.empty(6, 3, device=dev, requires_grad=True)
+    out = module(
+        {"a": x, "b": z}, {"a": torch.empty(6, device=dev), "b": torch.empty(6, 3, device=dev)}
+    )
+    assert out.device == dev
+    out.backward()
+    assert x.grad.device == dev and z.grad.device == dev
+    assert all(p.grad.device == dev for p in module.parameters())
