@@ -327,7 +327,7 @@ class LossFunction(torch.autograd.Function):
         target: torch.Tensor,
         *params: torch.Tensor,
     ) -> torch.Tensor:
-        cdt = torch.float32 if input.dtype in _HALF else input.dtype
+        cdt = _compute_dtype(input.dtype)
         args = [a.to(cdt) for a in (input, target, *params)]
         w = weight.to(cdt) if weight is not None else None
         pred = loss.inputs[0]
@@ -344,12 +344,17 @@ class LossFunction(torch.autograd.Function):
         if only_input:
             kernel = loss._kernel("torch", (pred,), value=True, fast=True)
             values, dinput = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
-            ctx.fused_grad = dinput
             ctx.fused_owned = _owned(dinput, (input, target, weight, *params, *args, values))
         else:
             kernel = loss._kernel("torch", (), fast=True)
             (values,) = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
-            ctx.fused_grad = None
+            dinput = None
+        ctx.fused_grad = dinput
+        # The fused derivative may be the "none" output itself (exp(p - y) returns one
+        # buffer twice) or share an input's storage (d/dp (p*y) = y). Its version counter
+        # tells backward whether the caller changed it in place since; then backward
+        # recomputes from the saved inputs (which autograd itself checks).
+        ctx.fused_version = None if dinput is None else dinput._version
         if w is not None:
             values = values * w
         if summed:
@@ -380,11 +385,15 @@ class LossFunction(torch.autograd.Function):
         w = weight.to(cdt) if weight is not None else None
         scale = g if w is None else g * w
         in_place = False
-        if ctx.fused_grad is not None and not torch.is_grad_enabled():
-            grads = {loss.inputs[0]: ctx.fused_grad}
+        fused, ctx.fused_grad = ctx.fused_grad, None
+        if (
+            fused is not None
+            and fused._version == ctx.fused_version
+            and not torch.is_grad_enabled()
+        ):
+            grads = {loss.inputs[0]: fused}
             # used once: the saved buffer becomes the gradient (scaled in place); a
             # second backward (retain_graph=True) recomputes from the saved inputs
-            ctx.fused_grad = None
             in_place = True
             value = None
         else:
@@ -468,6 +477,11 @@ def _target_tensor(target: Any, input: torch.Tensor) -> torch.Tensor:
     return target
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision inputs (computed in float32), else the input's dtype."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
 def _as_tensor(what: str, value: Any, like: torch.Tensor) -> torch.Tensor:
     """A param or weight as a real tensor on ``like``'s device.
 
@@ -481,9 +495,9 @@ def _as_tensor(what: str, value: Any, like: torch.Tensor) -> torch.Tensor:
         if value.device != like.device and not (value.dim() == 0 and value.device.type == "cpu"):
             # as torch's own operators: only a 0-d CPU tensor may meet another device
             raise ValueError(f"{what} is on device {value.device} but input is on {like.device}")
-        t = value if value.is_floating_point() else value.to(like.dtype)
+        t = value if value.is_floating_point() else value.to(_compute_dtype(like.dtype))
         return t.to(like.device)
-    dtype = torch.float32 if like.dtype in _HALF else like.dtype
+    dtype = _compute_dtype(like.dtype)
     try:
         return torch.as_tensor(value, dtype=dtype, device=like.device)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -497,7 +511,9 @@ def _prepare(
     target = _target_tensor(target, input)
     _validate.check_same_shape(input.shape, target.shape)
     if not target.is_floating_point():
-        target = target.to(input.dtype)
+        # the compute dtype: int/bool targets (counts, ordinal labels) must not round to
+        # a half-precision input's dtype (1001 is 1000 in bfloat16)
+        target = target.to(_compute_dtype(input.dtype))
     ps = []
     for name, value in params.items():
         t = _as_tensor(f"param {name!r}", value, input)
@@ -565,11 +581,15 @@ class LossModule(torch.nn.Module):
         target: torch.Tensor,
         *,
         weight: torch.Tensor | None = None,
+        reduction: str | None = None,
         **overrides: Any,
     ) -> torch.Tensor:
+        """The loss of ``input`` and ``target``; ``reduction`` (default: the module's)
+        and param ``overrides`` apply to this call only."""
         values = {n: getattr(self, n) for n in self.loss.params if n not in self._required}
         values.update(overrides)
-        return self.loss(input, target, reduction=self.reduction, weight=weight, **values)
+        how = self.reduction if reduction is None else reduction
+        return self.loss(input, target, reduction=how, weight=weight, **values)
 
     def extra_repr(self) -> str:
         return f"{self.loss.name}, reduction={self.reduction!r}"

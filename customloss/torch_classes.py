@@ -20,8 +20,8 @@ import torch
 
 from customloss import _validate, fast
 from customloss.torch_backend import (
-    _HALF,
     _as_tensor,
+    _compute_dtype,
     _float_input,
     _owned,
     _scalable_in_place,
@@ -71,7 +71,7 @@ def _prepare(
         mode = "index"
     else:
         _validate.check_probability_target(input.shape, target.shape)
-        t = target if target.is_floating_point() else target.to(input.dtype)
+        t = target if target.is_floating_point() else target.to(_compute_dtype(input.dtype))
         tgt = t.unsqueeze(0) if nd == 1 else (t.movedim(cd, 1) if cd != 1 else t)
         mode = "prob"
     # params given as the plain number 0 carry no gradient: the kernels specialise to them
@@ -126,7 +126,7 @@ class ClassLossFunction(torch.autograd.Function):
         target: torch.Tensor,
         *params: torch.Tensor,
     ) -> torch.Tensor:
-        cdt = torch.float32 if x.dtype in _HALF else x.dtype
+        cdt = _compute_dtype(x.dtype)
         args = [
             x.to(cdt),
             target if mode == "index" else target.to(cdt),
@@ -141,6 +141,8 @@ class ClassLossFunction(torch.autograd.Function):
         values = outs[0]
         norm = outs[1] if has_norm else None
         ctx.fused = outs[2 if has_norm else 1 :] if only_input else None
+        # (changed in place by the caller since, e.g. through the "none" output: recompute)
+        ctx.fused_versions = [t._version for t in ctx.fused] if ctx.fused is not None else None
         if ctx.fused is not None:  # which saved buffers are ours alone (see _owned)
             start = 2 if has_norm else 1
             inputs = (x, target, weight, valid, *params, *args)
@@ -164,7 +166,12 @@ class ClassLossFunction(torch.autograd.Function):
         elif reduction == "sum":
             out = values.sum()
         else:
+            # not a view of the kernel's (N, 1, ...) buffer: autograd refuses in-place
+            # changes of a custom Function's view outputs (`loss *= mask`), and
+            # F.cross_entropy's "none" output allows them
             out = values.reshape(sample_shape)
+            if out._base is not None:
+                out = out.clone()
         ctx.loss, ctx.mode, ctx.reduction, ctx.cdt, ctx.den = loss, mode, reduction, cdt, den
         ctx.has_weight, ctx.zeros = weight is not None, zeros
         ctx.save_for_backward(weight, valid, x, target, *params)
@@ -199,7 +206,10 @@ class ClassLossFunction(torch.autograd.Function):
             return a if ignored is None else a.masked_fill_(ignored, 0.0)
 
         in_place, owned = False, []
-        if ctx.fused is not None and not torch.is_grad_enabled():
+        fused_intact = ctx.fused is not None and ctx.fused_versions == [
+            t._version for t in ctx.fused
+        ]
+        if fused_intact and not torch.is_grad_enabled():
             outs = list(ctx.fused)
             owned = list(ctx.owned)
             # used once: the saved buffers become the gradient (scaled in place); a

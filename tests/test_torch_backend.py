@@ -696,3 +696,67 @@ def test_multitask_module_stays_on_the_inputs_device():
     out.backward()
     assert x.grad.device == dev and z.grad.device == dev
     assert all(p.grad.device == dev for p in module.parameters())
+
+
+# -- found by the training-integration review (session 5) ----------------------------
+def test_in_place_change_of_a_none_output_does_not_corrupt_the_gradient():
+    # exp(p - y) is its own derivative: the fused kernel returns one buffer twice
+    loss = cl.define("inplace_exp", "exp(p - y)", inputs=("p", "y"))
+    cases = [
+        (loss, lambda p, y: torch.exp(p - y)),
+        (cl.define("inplace_lin", "p*y", inputs=("p", "y")), lambda p, y: p * y),
+    ]
+    for ours, ref in cases:
+        x = torch.randn(7, dtype=torch.float64, requires_grad=True)
+        y = torch.randn(7, dtype=torch.float64)
+        out = ours(x, y, reduction="none")
+        out.mul_(0.5)
+        out.sum().backward()
+        xr = x.detach().clone().requires_grad_(True)
+        (0.5 * ref(xr, y)).sum().backward()
+        torch.testing.assert_close(x.grad, xr.grad, rtol=1e-12, atol=0)
+
+
+def test_class_axis_none_output_changed_in_place_keeps_its_gradient():
+    z = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 3, 1, 2, 0])
+    out = cl.get("cross_entropy")(z, t, reduction="none")
+    out.mul_(torch.arange(1.0, 6.0, dtype=torch.float64))
+    out.sum().backward()
+    zr = z.detach().clone().requires_grad_(True)
+    w = torch.arange(1.0, 6.0, dtype=torch.float64)
+    (F.cross_entropy(zr, t, reduction="none") * w).sum().backward()
+    torch.testing.assert_close(z.grad, zr.grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_integer_targets_are_not_rounded_to_a_half_input(dtype):
+    # counts and ordinal labels: 1001 is 1000 in bfloat16, 257 is 256; computed in float32
+    x = torch.tensor([1000.0, 300.0, 2.5], dtype=dtype)
+    t = torch.tensor([1001, 257, 3])
+    ref = F.mse_loss(x.float(), t.float(), reduction="none")
+    got = cl.get("mse")(x, t, reduction="none")
+    torch.testing.assert_close(got.float(), ref.to(dtype).float(), rtol=0, atol=0)
+    counts = torch.tensor([1001, 3001, 7])
+    logits = torch.tensor([6.9, 8.0, 2.0], dtype=dtype)
+    ref = F.poisson_nll_loss(logits.float(), counts.float(), log_input=True, reduction="none")
+    got = cl.get("poisson_nll")(logits, counts, reduction="none")
+    torch.testing.assert_close(got.float(), ref.to(dtype).float(), rtol=0, atol=0)
+    # an integer sample weight and param tensor likewise
+    w = torch.tensor([257, 1, 1])
+    ref = F.mse_loss(x.float(), t.float(), reduction="none") * 257
+    got = cl.get("mse")(x, t, weight=w, reduction="none")[0]
+    assert float(got) == float(ref[0].to(dtype))
+
+
+def test_module_reduction_can_be_chosen_per_call():
+    x, y = torch.randn(6), torch.randn(6)
+    module = cl.get("huber").torch(delta=0.5)
+    torch.testing.assert_close(module(x, y), F.huber_loss(x, y, delta=0.5))
+    torch.testing.assert_close(
+        module(x, y, reduction="none"), F.huber_loss(x, y, delta=0.5, reduction="none")
+    )
+    torch.testing.assert_close(
+        module(x, y, reduction="sum"), F.huber_loss(x, y, delta=0.5, reduction="sum")
+    )
+    assert module.reduction == "mean"
