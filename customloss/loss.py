@@ -57,6 +57,12 @@ def _check_identifier(kind: str, name: str) -> None:
 def _normalise_default(name: str, value: Any) -> ParamDefault:
     if value is None:
         return None
+    if getattr(value, "requires_grad", False):
+        raise TypeError(
+            f"param {name!r}: a default is a number, and this tensor requires grad (a "
+            "learnable param): pass it per call, loss(input, target, "
+            f"{name}=tensor), or to Loss.torch({name}=nn.Parameter(...))"
+        )
     if hasattr(value, "tolist") and not isinstance(value, (int, float)):
         # NumPy arrays and tensors: defaults are stored as plain numbers (a learnable
         # tensor param is passed at call time instead)
@@ -655,10 +661,11 @@ class Loss:
         """A ``torch.nn.Module`` criterion; params become buffers.
 
         Args:
-            reduction: the module's reduction.
-            **params: param values overriding the defaults (stored as buffers); call
-                options (``ignore_index``, ``class_dim``) and variants (``base``) as
-                in :meth:`with_defaults`.
+            reduction: the module's reduction (a call may choose another).
+            **params: param values overriding the defaults (stored as float64
+                buffers; an ``nn.Parameter`` becomes the module's learnable
+                parameter); call options (``ignore_index``, ``class_dim``) and variants
+                (``base``) as in :meth:`with_defaults`.
         """
         from customloss import torch_backend
 

@@ -543,8 +543,10 @@ def evaluate(
 class LossModule(torch.nn.Module):
     """A criterion module for a ``Loss``: ``forward(input, target, **overrides)``.
 
-    Params given at construction (or the loss's defaults) are stored as buffers, so
-    they follow ``.to(device)`` and appear in the ``state_dict``.
+    Params given at construction (or the loss's defaults) are stored as float64
+    buffers, so they follow ``.to(device)`` and appear in the ``state_dict``; a param
+    given as an ``nn.Parameter`` becomes the module's parameter (learned with the
+    model: it appears in ``parameters()``).
     """
 
     def __init__(self, loss: Loss, *, reduction: str = "mean", **params: Any) -> None:
@@ -560,6 +562,16 @@ class LossModule(torch.nn.Module):
             if value is None:
                 self._required.append(name)
                 continue
+            if isinstance(value, torch.nn.Parameter):
+                # learnable: the module's parameter (the optimiser's tensor, not a copy)
+                self.register_parameter(name, value)
+                continue
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                raise TypeError(
+                    f"loss {loss.name!r}: param {name!r} is a tensor that requires grad; "
+                    "give an nn.Parameter to train it as the module's parameter, or pass "
+                    f"it per call: module(input, target, {name}=tensor)"
+                )
             # float64 buffers: a float64 input must not see params rounded to float32
             # (the backend casts them to the compute dtype of each call)
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.float64))

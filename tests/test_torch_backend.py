@@ -760,3 +760,45 @@ def test_module_reduction_can_be_chosen_per_call():
         module(x, y, reduction="sum"), F.huber_loss(x, y, delta=0.5, reduction="sum")
     )
     assert module.reduction == "mean"
+
+
+def test_a_parameter_given_to_the_module_is_learned():
+    # the learnable focusing parameter, trained with the model: the module's parameter
+    torch.manual_seed(0)
+    x = torch.randn(64, dtype=torch.float64)
+    y = (torch.rand(64) > 0.5).double()
+    gamma = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    crit = cl.get("focal").torch(gamma=gamma)
+    assert [p is gamma for p in crit.parameters()] == [True]
+    opt = torch.optim.SGD(crit.parameters(), lr=10.0)
+    for _ in range(3):
+        opt.zero_grad()
+        value = crit(x, y)
+        g = gamma.detach().clone().requires_grad_(True)
+        p = torch.sigmoid(x)
+        ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+        p_t = p * y + (1 - p) * (1 - y)
+        ref = ((0.25 * y + 0.75 * (1 - y)) * ce * (1 - p_t) ** g).mean()
+        ref.backward()
+        torch.testing.assert_close(value, ref.detach(), rtol=1e-12, atol=0)
+        value.backward()
+        torch.testing.assert_close(gamma.grad, g.grad, rtol=1e-10, atol=0)
+        opt.step()
+    assert gamma.item() != 2.0
+    import copy
+
+    clone = copy.deepcopy(crit)
+    assert clone.gamma.item() == gamma.item() and clone.gamma is not gamma
+    assert "gamma" in crit.state_dict()
+
+
+def test_a_tensor_requiring_grad_is_never_silently_frozen():
+    p = torch.tensor(2.0, requires_grad=True)
+    with pytest.raises(TypeError, match=r"param 'gamma' is a tensor that requires grad"):
+        cl.get("focal").torch(gamma=p)
+    with pytest.raises(TypeError, match=r"param 'gamma': a default is a number"):
+        cl.get("focal", gamma=p)
+    with pytest.raises(TypeError, match=r"param 'gamma': a default is a number"):
+        cl.get("focal").with_defaults(gamma=torch.nn.Parameter(torch.tensor(1.0)))
+    # a plain tensor (no grad) is a value, as before
+    assert cl.get("focal", gamma=torch.tensor(1.5)).params["gamma"] == 1.5
