@@ -88,7 +88,9 @@ class MultiTask:
         #: log-variances s_i of the uncertainty weighting (the module learns its own)
         self.log_vars: dict[str, float] = {t: 0.0 for t in tasks}
         self._history: list[dict[str, float]] = []
-        self._epoch_sum: dict[str, float] = {t: 0.0 for t in tasks}
+        # running sums of this epoch's task losses (tensors stay on their device: no
+        # synchronisation per step; end_epoch reads them)
+        self._epoch_sum: dict[str, Any] = {t: 0.0 for t in tasks}
         self._epoch_count = 0
 
     # -- symbolic ------------------------------------------------------------
@@ -134,11 +136,29 @@ class MultiTask:
         return {t: 1.0 for t in self.tasks}
 
     def end_epoch(self) -> None:
-        """Close an epoch: its mean task losses feed the DWA weights."""
+        """Close an epoch: its mean training task losses feed the DWA weights."""
         if self._epoch_count:
-            self._history.append({t: v / self._epoch_count for t, v in self._epoch_sum.items()})
+            self._history.append(
+                {t: float(v) / self._epoch_count for t, v in self._epoch_sum.items()}
+            )
         self._epoch_sum = {t: 0.0 for t in self.tasks}
         self._epoch_count = 0
+
+    def dwa_state(self) -> dict[str, Any]:
+        """The DWA history and the open epoch's sums, as plain numbers (for checkpoints;
+        ``MultiTaskModule`` puts it in its ``state_dict``)."""
+        return {
+            "history": [dict(h) for h in self._history],
+            "epoch_sum": {t: float(v) for t, v in self._epoch_sum.items()},
+            "epoch_count": self._epoch_count,
+        }
+
+    def load_dwa_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`dwa_state` returned."""
+        history = [{t: float(h[t]) for t in self.tasks} for h in state["history"]]
+        epoch_sum = {t: float(state["epoch_sum"][t]) for t in self.tasks}
+        self._history, self._epoch_sum = history, epoch_sum
+        self._epoch_count = int(state["epoch_count"])
 
     # -- calling ---------------------------------------------------------------
     def _check(
@@ -176,8 +196,22 @@ class MultiTask:
             for t, loss in self.tasks.items()
         }
 
-    def combine(self, losses: Mapping[str, Any], log_vars: Mapping[str, Any] | None = None) -> Any:
+    def combine(
+        self,
+        losses: Mapping[str, Any],
+        log_vars: Mapping[str, Any] | None = None,
+        *,
+        record: bool | None = None,
+    ) -> Any:
         """Combine task losses with the weighting (``log_vars`` for "uncertainty").
+
+        Args:
+            losses: task name -> reduced loss.
+            log_vars: the ``s_i`` of "uncertainty" (default :attr:`log_vars`).
+            record: whether these losses count towards the epoch means of "dwa".
+                Default: torch losses count when they carry a gradient (not under
+                ``no_grad``/``inference_mode``, so validation calls do not), other
+                values always.
 
         Raises:
             ValueError: a task loss is not a scalar (e.g. ``reduction="none"``): the
@@ -199,9 +233,12 @@ class MultiTask:
             return total
         w = self.current_weights()
         if self.weighting == "dwa":
-            for t in self.tasks:
-                self._epoch_sum[t] += float(_detach(losses[t]))
-            self._epoch_count += 1
+            if record is None:
+                record = _training_values(losses.values())
+            if record:
+                for t in self.tasks:
+                    self._epoch_sum[t] = self._epoch_sum[t] + _detach(losses[t])
+                self._epoch_count += 1
         total = 0.0
         for t in self.tasks:
             total = total + w[t] * losses[t]
@@ -214,10 +251,12 @@ class MultiTask:
         return self.combine(self.task_losses(preds, targets, **task_kwargs))
 
     def torch(self) -> Any:
-        """An ``nn.Module``; for "uncertainty" its parameters are the ``s_i`` (init 0)."""
-        from customloss.torch_backend import MultiTaskModule
+        """An ``nn.Module``; for "uncertainty" its parameters are the ``s_i`` (init 0),
+        for "dwa" its ``state_dict`` holds the loss history, and only calls in training
+        mode with grad enabled count towards the epoch means."""
+        from customloss.torch_backend import DWAModule, MultiTaskModule
 
-        return MultiTaskModule(self)
+        return DWAModule(self) if self.weighting == "dwa" else MultiTaskModule(self)
 
     def __repr__(self) -> str:
         tasks = ", ".join(f"{t}={loss.name}" for t, loss in self.tasks.items())
@@ -229,6 +268,13 @@ def _exp(x: Any) -> Any:
     if torch is not None and isinstance(x, torch.Tensor):
         return torch.exp(x)
     return math.exp(x)
+
+
+def _training_values(values: Any) -> bool:
+    """False for torch tensors computed without a graph (evaluation), else True."""
+    torch = sys.modules.get("torch")
+    tensors = [v for v in values if torch is not None and isinstance(v, torch.Tensor)]
+    return not tensors or any(v.requires_grad for v in tensors)
 
 
 def _detach(x: Any) -> Any:

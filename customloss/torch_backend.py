@@ -630,7 +630,26 @@ class MultiTaskModule(torch.nn.Module):
             ref = next(iter(losses.values()))
             s = {t: p.to(dtype=ref.dtype, device=ref.device) for t, p in self.log_vars.items()}
             return self.mt.combine(losses, s)
-        return self.mt.combine(losses)
+        # DWA's epoch means count training calls only: module.eval() or no_grad do not
+        record = self.training and torch.is_grad_enabled()
+        return self.mt.combine(losses, record=record)
 
     def extra_repr(self) -> str:
         return f"weighting={self.mt.weighting!r}, tasks={list(self.mt.tasks)}"
+
+
+class DWAModule(MultiTaskModule):
+    """A "dwa" :class:`MultiTaskModule` whose ``state_dict`` holds the DWA loss
+    history (``_extra_state``), so resuming from a checkpoint keeps the weights."""
+
+    def end_epoch(self) -> None:
+        """Close an epoch (:meth:`MultiTask.end_epoch`)."""
+        self.mt.end_epoch()
+
+    def get_extra_state(self) -> Any:
+        """The history and the open epoch's sums (:meth:`MultiTask.dwa_state`)."""
+        return self.mt.dwa_state()
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore them (:meth:`MultiTask.load_dwa_state`)."""
+        self.mt.load_dwa_state(state)

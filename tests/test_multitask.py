@@ -126,3 +126,54 @@ def test_a_non_scalar_task_loss_is_refused_not_broadcast() -> None:
     torch.testing.assert_close(mt(preds, targets), want)
     with pytest.raises(ValueError, match=r"task 'b': its loss has shape \(4,\)"):
         mt(preds, targets, b={"reduction": "none"})
+
+
+def _dwa_weights(prev: dict, prev2: dict, temperature: float = 2.0) -> dict:
+    """Liu et al. 2019, eq. 1, written out."""
+    r = {t: prev[t] / prev2[t] for t in prev}
+    e = {t: math.exp(r[t] / temperature) for t in r}
+    return {t: len(r) * e[t] / sum(e.values()) for t in r}
+
+
+def test_dwa_counts_training_calls_only_and_resumes_from_a_state_dict():
+    # per epoch: one training call (task a's loss 1, 4, 9; b's 1) and five evaluation
+    # calls with a huge loss, under no_grad and in eval mode
+    mt = cl.multitask({"a": MSE, "b": MAE}, weighting="dwa")
+    module = mt.torch()
+    zero = torch.zeros(1)
+    for a in (1.0, 2.0, 3.0):
+        x = torch.tensor([a], requires_grad=True)
+        module({"a": x, "b": torch.ones(1, requires_grad=True)}, {"a": zero, "b": zero})
+        with torch.no_grad():
+            for _ in range(5):
+                module({"a": 100 * x, "b": 100 * torch.ones(1)}, {"a": zero, "b": zero})
+        module.eval()
+        for _ in range(5):
+            module({"a": 100 * x, "b": 100 * torch.ones(1)}, {"a": zero, "b": zero})
+        module.train()
+        module.end_epoch()
+    expected = _dwa_weights({"a": 9.0, "b": 1.0}, {"a": 4.0, "b": 1.0})
+    got = mt.current_weights()
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert got["a"] > 1.2  # (the evaluation calls made it ~1.00002)
+    state = module.state_dict()
+    fresh = cl.multitask({"a": MSE, "b": MAE}, weighting="dwa")
+    fresh_module = fresh.torch()
+    fresh_module.load_state_dict(state)
+    assert fresh.current_weights() == pytest.approx(expected, rel=1e-12)
+    # the uncertainty and fixed modules' state_dicts are unchanged (no extra key)
+    assert (
+        "_extra_state" not in cl.multitask({"a": MSE}, weighting="uncertainty").torch().state_dict()
+    )
+
+
+def test_dwa_object_records_numpy_calls_and_can_be_told_not_to():
+    mt = cl.multitask({"a": MSE, "b": MAE}, weighting="dwa")
+    x0 = np.zeros(1)
+    for a in (1.0, 2.0, 3.0):
+        mt({"a": np.array([a]), "b": np.ones(1)}, {"a": x0, "b": x0})
+        mt.combine({"a": 1e4, "b": 1e4}, record=False)
+        mt.end_epoch()
+    assert mt.current_weights() == pytest.approx(
+        _dwa_weights({"a": 9.0, "b": 1.0}, {"a": 4.0, "b": 1.0}), rel=1e-12
+    )
