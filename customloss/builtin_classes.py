@@ -123,9 +123,13 @@ def class_balanced(base: str = "ce") -> Loss:
     r"""Class-balanced loss (Cui et al. 2019) on logits, for ``base`` in ce/focal/bce.
 
     Weights :math:`w_c = (1-\beta)/(1-\beta^{n_c})`, normalised to sum to ``C`` (the
-    :math:`1-\beta` factor cancels in the normalisation and is left out).
-    ``ce``: weighted softmax cross-entropy; ``focal``: weighted sigmoid focal loss summed
-    over classes; ``bce``: weighted binary cross-entropy with logits summed over classes.
+    :math:`1-\beta` factor cancels in the normalisation and is left out). As in the
+    paper's eq. 3 (and the authors' code), a sample weighs :math:`w_y`, its own
+    class's weight (:math:`\sum_c y_c w_c` for probability targets), whatever the base:
+    ``ce``: :math:`-w_y \log \mathrm{softmax}(z)_y`; ``bce``: :math:`w_y` times the
+    binary cross-entropies with logits summed over the classes; ``focal``: :math:`w_y`
+    times the sigmoid focal terms :math:`(1-p_t)^\gamma \mathrm{BCE}` summed over the
+    classes.
 
     Args:
         base: ``"ce"``, ``"focal"`` or ``"bce"``.
@@ -158,7 +162,7 @@ def class_balanced(base: str = "ce") -> Loss:
 
         def fn(z, y, counts, beta):
             bce = y * cl.softplus(-z) + (1 - y) * cl.softplus(z)
-            return cl.csum(weights(counts, beta) * bce)
+            return cl.csum(weights(counts, beta) * y) * cl.csum(bce)
 
     else:
 
@@ -166,7 +170,7 @@ def class_balanced(base: str = "ce") -> Loss:
             p = cl.sigmoid(z)
             bce = -(y * cl.log(p) + (1 - y) * cl.log(1 - p))
             p_t = p * y + (1 - p) * (1 - y)
-            return cl.csum(weights(counts, beta) * bce * (1 - p_t) ** gamma)
+            return cl.csum(weights(counts, beta) * y) * cl.csum(bce * (1 - p_t) ** gamma)
 
     built = loss(
         name,

@@ -165,13 +165,19 @@ def test_class_balanced_weights_and_bases():
     ref = F.cross_entropy(z, t, weight=w, reduction="sum") / 9
     _assert_same(class_balanced("ce")(z, t, counts=counts, beta=beta), ref, z)
     onehot = F.one_hot(t, 4).double()
+    # Cui et al. eq. 3 and the authors' code: every class term of a sample weighs w_y,
+    # the weight of the sample's own class (their weights.repeat(...) * labels_one_hot
+    # summed over classes, then repeated over the classes)
+    w_y = w[t][:, None]
     bce = F.binary_cross_entropy_with_logits(z, onehot, reduction="none")
-    ref_bce = (bce * w).sum(1).mean()
+    ref_bce = (bce * w_y).sum(1).mean()
     _assert_same(class_balanced("bce")(z, onehot, counts=counts, beta=beta), ref_bce, z)
+    _assert_same(class_balanced("bce")(z, t, counts=counts, beta=beta), ref_bce, z)
     p = torch.sigmoid(z)
     p_t = p * onehot + (1 - p) * (1 - onehot)
-    ref_focal = (bce * (1 - p_t) ** 2 * w).sum(1).mean()
+    ref_focal = (bce * (1 - p_t) ** 2 * w_y).sum(1).mean()
     _assert_same(class_balanced("focal")(z, onehot, counts=counts, beta=beta), ref_focal, z)
+    _assert_same(class_balanced("focal")(z, t, counts=counts, beta=beta), ref_focal, z)
     with pytest.raises(ValueError, match="unknown base 'svm'"):
         class_balanced("svm")
     via_get = cl.get("class_balanced", base="focal", beta=beta)
