@@ -745,7 +745,7 @@ def check(
     predictions: Sequence[float] | None = None,
     targets: Sequence[float] | None = None,
     params: Mapping[str, Iterable[float]] | None = None,
-    dtypes: Sequence[Any] = DTYPES,
+    dtypes: Sequence[Any] | None = None,
     backends: Sequence[str] | None = None,
     wrt: Sequence[str] | None = None,
     device: str = "cpu",
@@ -759,7 +759,8 @@ def check(
         targets: target grid, crossed with the predictions; default :data:`TARGETS`.
         params: values to try for each param (one param at a time, the others at their
             defaults); default :data:`PARAM_VALUES` for every param.
-        dtypes: dtypes to scan (names, NumPy or torch dtypes); default :data:`DTYPES`.
+        dtypes: dtypes to scan (names, NumPy or torch dtypes); default :data:`DTYPES`
+            (without bfloat16 when torch is not installed: rounding to it needs torch).
             The NumPy backend scans the ones NumPy has (not bfloat16).
         backends: any of ``"numpy"``, ``"torch"``, ``"torch/full"``; default all (the
             torch ones only when torch is installed).
@@ -781,9 +782,14 @@ def check(
 
     if not isinstance(loss, Loss):
         raise TypeError(f"check() needs a customloss Loss, got {type(loss).__name__}")
+    has_torch = _torch_available()
+    if dtypes is None:
+        dtypes = DTYPES if has_torch else tuple(d for d in DTYPES if d != "bfloat16")
     dtype_names = tuple(dict.fromkeys(_dtype_name(d) for d in dtypes))
+    if "bfloat16" in dtype_names and not has_torch:
+        raise ValueError("check(): scanning bfloat16 needs torch, which is not installed")
     if backends is None:
-        backends = BACKENDS if _torch_available() else ("numpy",)
+        backends = BACKENDS if has_torch else ("numpy",)
     for b in backends:
         if b not in BACKENDS:
             raise ValueError(f"unknown backend {b!r}; valid backends: {', '.join(BACKENDS)}")

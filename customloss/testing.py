@@ -1316,6 +1316,13 @@ def check_loss(
 
     if not isinstance(loss, Loss):
         raise TypeError(f"check_loss() needs a customloss Loss, got {type(loss).__name__}")
+    try:
+        import torch  # noqa: F401  (the kit's references and gradchecks are torch's)
+    except ImportError:
+        raise ImportError(
+            "check_loss() needs torch (gradcheck and the torch backend are checked): "
+            "pip install 'customloss[torch]'; customloss.check() scans NumPy alone"
+        ) from None
     chosen = list(CHECKS if checks is None else checks)
     skip = set(skip)
     for name in (*chosen, *skip):

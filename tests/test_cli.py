@@ -338,3 +338,66 @@ def test_a_registered_name_wins_over_a_file_or_folder_of_that_name(capsys, tmp_p
     assert out.startswith("mse: Mean squared error")
     code, out, err = run(capsys, "show", "./mse")  # a path is a file
     assert code == 2 and "loss file 'mse' is not valid TOML" in err
+
+
+def _without(tmp_path, module: str) -> dict[str, str]:
+    """An environment in which ``import <module>`` fails as if it were not installed."""
+    stub = tmp_path / "stubs" / module
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{module}'\", name={module!r})\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "stubs"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_without_the_cli_extra_the_command_says_so_in_one_line(tmp_path):
+    env = _without(tmp_path, "click")
+    out = subprocess.run(
+        [sys.executable, "-m", "customloss", "list"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 2
+    assert out.stderr == (
+        "customloss: error: the command line needs click, which is not installed: "
+        "pip install 'customloss[cli]'\n"
+    )
+    # the console script's target is the same launcher
+    from pathlib import Path
+
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["customloss"] == "customloss.__main__:main"
+
+
+def test_check_without_torch_scans_numpy_in_float32_and_float64(tmp_path):
+    code = (
+        "import customloss as cl\n"
+        "r = cl.check(cl.get('huber'))\n"
+        "print(r.ok, r.dtypes, r.backends)\n"
+        "try:\n"
+        "    cl.check(cl.get('huber'), dtypes=['bfloat16'])\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+        "from customloss.testing import check_loss\n"
+        "try:\n"
+        "    check_loss(cl.get('huber'))\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    env = _without(tmp_path, "torch")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "True ('float32', 'float64') ('numpy',)"
+    assert lines[1] == "check(): scanning bfloat16 needs torch, which is not installed"
+    assert lines[2].startswith("check_loss() needs torch")
+    cli_run = subprocess.run(
+        [sys.executable, "-m", "customloss", "check", "huber", "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert cli_run.returncode == 0, cli_run.stdout + cli_run.stderr
+    assert "huber: all checks passed" in cli_run.stdout
