@@ -163,7 +163,7 @@ def quantile(p, y, q):
     ``q = 0.5`` gives half the absolute error.
 
     Args:
-        q: the quantile level in (0, 1).
+        q: the quantile level in [0, 1] (0 and 1 give the one-sided hinges).
 
     References:
         Koenker and Bassett (1978), Regression Quantiles, the check function.

@@ -9,7 +9,8 @@
     customloss bench focal mse --n 1000000
 
 A loss is named by its registered name or by the path of a TOML loss file (``name``,
-``expr``, ``inputs``, ``classes``, ``[params]``, ``doc``, ``references``).
+``expr``, ``inputs``, ``classes``, ``[params]``, ``[domains]``, ``doc``, ``references``,
+...: docs/getting-started.md, "Loss files").
 
 ``--param NAME=VALUE`` sets a param; ``VALUE`` is a number, ``[a,b,...]`` a per-class
 vector, and (for ``plot``) a comma-separated list of values draws one curve each:

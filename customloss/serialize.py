@@ -205,7 +205,9 @@ def from_config(config: Mapping[str, Any]) -> Loss:
     parsed expression must match it.
 
     Raises:
-        ValueError: unknown keys, missing keys, a bad expression, or a hash mismatch.
+        TypeError: ``config`` is not a mapping.
+        ValueError: unknown keys, missing keys, a value of the wrong type, a bad
+            expression, or a hash mismatch.
     """
     from customloss import parse
     from customloss.loss import define
@@ -257,7 +259,9 @@ def load(path: str | Path) -> Loss:
     """Load a loss from a TOML file.
 
     Keys: ``name``, ``expr``, ``inputs`` (required), ``classes``, ``doc``,
-    ``references``, ``class_params``, ``index_mean_weight`` and a ``[params]`` table.
+    ``references``, ``class_params``, ``index_mean_weight``, ``customloss_version``,
+    ``sha256`` and the tables ``[params]``, ``[domains]`` and ``[options]`` (the keys
+    of :func:`to_config`; docs/getting-started.md, "Loss files").
 
     Raises:
         ValueError: the file cannot be read or parsed, or does not define a valid loss;

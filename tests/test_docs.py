@@ -46,6 +46,18 @@ def test_getting_started_code_runs(tmp_path, monkeypatch):
     assert (tmp_path / "focal.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_readme_code_runs_from_the_repository_root(monkeypatch, capsys):
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(ROOT)  # the README loads examples/losses/my_focal.toml
+    namespace: dict = {"__name__": "readme"}
+    for i, code in enumerate(blocks):  # later blocks use earlier ones' names
+        exec(compile(code, f"README.md, block {i + 1}", "exec"), namespace)
+    assert namespace["my_focal"].name == "my_focal"
+    assert "def " in capsys.readouterr().out  # print(weighted_sq.source())
+
+
 def test_catalogue_entries_have_formula_gradient_params_provider_plot():
     names = (
         ["focal", "ldam", "poly1", "msle"] if "msle" in cl.names() else ["focal", "ldam", "poly1"]

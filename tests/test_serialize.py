@@ -247,3 +247,28 @@ def test_a_param_named_like_a_constant_round_trips() -> None:
     both = cl.Loss("pi_loss", pi_param * y + sympy.pi * p, inputs=("p", "y"), params={"pi": 2.0})
     with pytest.raises(ValueError, match="uses the constant pi and a symbol named 'pi'"):
         both.to_config()
+
+
+def test_the_shipped_example_loss_file_is_the_documented_one_and_is_focal():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    path = root / "examples" / "losses" / "my_focal.toml"
+    loss = cl.load(path)
+    assert loss.domains == {"y": "probability", "g": "nonnegative"}
+    x = torch.tensor([-30.0, -2.0, 0.0, 0.7, 3.0, 30.0], dtype=torch.float64)
+    y = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    p_t = p * y + (1 - p) * (1 - y)
+    ref = (0.25 * y + 0.75 * (1 - y)) * ce * (1 - p_t) ** 2  # torchvision's formula
+    torch.testing.assert_close(loss(x, y, reduction="none"), ref, rtol=1e-12, atol=1e-300)
+    with pytest.raises(ValueError, match="param 'g' must be >= 0"):
+        loss(x, y, g=-1.0)
+    # docs/getting-started.md shows the same keys and values
+    doc = (root / "docs" / "getting-started.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", doc, re.S).group(1)
+    import tomllib
+
+    assert tomllib.loads(block) == tomllib.loads(path.read_text())

@@ -235,10 +235,9 @@ def welsch(p, y, c):
 
     .. math:: \rho(x, c) = 1 - \exp\left(-\tfrac12 (x/c)^2\right), \qquad x = p - y
 
-    Where :math:`|x/c| > 100` (:data:`LARGE`), :math:`(x/c)^2` is written
-    :math:`\exp(2 \log|x/c|)`, so the exponential in each derivative absorbs the factor
-    :math:`(x/c)^2` (one ``exp`` that underflows to 0, not ``0 * inf``); at ``c == 0``
-    the loss is its limit (1 for ``x != 0``).
+    Where :math:`|x/c| > 100` (:data:`LARGE`) the loss is its limit, the constant 1
+    (:math:`1 - e^{-5000}` is 1 in float64), with derivative 0, so no derivative is
+    ``0 * inf``. ``c`` must be positive.
 
     Args:
         c: scale (> 0).
