@@ -56,7 +56,11 @@ inherit it) and shortens the GIL switch interval to
 re-acquires the GIL after every torch op, is not held up for 5 ms each time.  If a compile
 fails (no C++ compiler, an unsupported platform, ...), a warning is issued once and
 the kernel stays eager for good.  Inside a ``torch.compile`` region of the user's own
-code the eager kernel is returned, so the outer compile traces it.
+code the eager kernel is returned, so the outer compile traces it.  A process forked
+from one that imported this module (a ``DataLoader`` worker with the ``fork`` start
+method) uses the kernels that were compiled before the fork and compiles nothing
+itself: Inductor's compile workers belong to the parent, and a compile started in the
+child would wait for them forever.
 
 Caching on disk: Inductor keeps the generated C++/Triton code, the compiled shared
 objects and its FX-graph and AOTAutograd caches under ``TORCHINDUCTOR_CACHE_DIR``
@@ -235,6 +239,38 @@ _QUEUE: queue.Queue[_Entry | None] = queue.Queue()
 _WORKER: threading.Thread | None = None
 _WARNED: set[str] = set()
 _LOCAL = threading.local()
+
+
+#: True in a process forked from one that imported this module (DataLoader workers):
+#: kernels compiled before the fork are used, nothing new is compiled (see _after_fork)
+_FORKED = False
+
+
+def _after_fork() -> None:
+    """In a forked child: fresh locks and queue, no compiles.
+
+    The parent's compile thread does not exist in the child, a lock another thread held
+    at the fork stays held forever, and Inductor's compile workers (a process pool)
+    belong to the parent: a compile started in the child waits for them forever.  So
+    the child keeps the kernels that were ready, runs everything else eagerly, and
+    marks the compiles that were queued or running as skipped (``wait()`` returns).
+    """
+    global _LOCK, _QUEUE, _WORKER, _LOCAL, _FORKED
+    _LOCK = threading.RLock()
+    _QUEUE = queue.Queue()
+    _WORKER = None
+    _LOCAL = threading.local()
+    _FORKED = True
+    for e in _ENTRIES.values():
+        if e.state in (COLD, QUEUED, COMPILING):
+            e.state = SKIPPED
+            e.error = "forked child process: kernels are compiled in the parent only"
+            e.done = threading.Event()
+            e.done.set()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _is_compiling(torch: Any) -> bool:
@@ -510,10 +546,12 @@ def kernel_callable(
     m = mode()
     if m == "off" or not args:
         return eager
+    if _FORKED:  # a forked child: what the parent compiled, else eager (see _after_fork)
+        m = "forked"
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(args[0], torch.Tensor) or _is_compiling(torch):
         return eager
-    sync = m == "sync" or getattr(_LOCAL, "sync", False)
+    sync = m == "sync" or (m != "forked" and getattr(_LOCAL, "sync", False))
     spec = _specialization(kernel, args, torch)
     with _LOCK:
         if spec:
@@ -537,6 +575,8 @@ def kernel_callable(
             torch.is_grad_enabled(),
         )
         entry = _ENTRIES.get(key)
+        if entry is None and m == "forked":
+            return eager
         if entry is None:
             function = _function_for(kernel, spec, len(args), reduce, large)
             entry = _Entry(
@@ -556,7 +596,7 @@ def kernel_callable(
             else:
                 _SIGNATURES[id(function)] = count + 1
             _ENTRIES[key] = entry
-        if entry.state == COLD and not sync:
+        if entry.state == COLD and not sync and m != "forked":
             if m == "on":
                 _enqueue(entry)
             elif args[0].numel() >= _env_int(ENV_MIN_NUMEL, DEFAULT_MIN_NUMEL):

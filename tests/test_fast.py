@@ -595,3 +595,60 @@ def test_non_finite_params_are_not_specialised(monkeypatch: pytest.MonkeyPatch, 
     torch.testing.assert_close(g, _fwd_bwd(loss, x, y, c=c)[1], equal_nan=True)
     if c == float("inf"):  # |x| everywhere
         torch.testing.assert_close(g, torch.sign(x))
+
+
+_FORK_SCRIPT = r"""
+import os, sys
+os.environ["CUSTOMLOSS_COMPILE"] = "1"
+import torch, torch.nn.functional as F
+import customloss as cl
+from customloss import fast
+
+torch.set_num_threads(1)
+fast._enqueue = lambda entry: setattr(entry, "state", fast.QUEUED)  # queued, never run
+huber = cl.get("huber")
+x, y = torch.randn(64, requires_grad=True), torch.randn(64)
+huber(x, y).backward()  # a queued compile (training kernel)
+huber(x.detach(), y)  # another one (the value kernel)
+entries = list(fast._ENTRIES.values())
+ready = entries[0]  # pretend the training kernel finished compiling before the fork
+calls = []
+ready.runner = lambda *a: (calls.append(1), ready.function(*a))[1]
+ready.state = fast.READY
+pid = os.fork()
+if pid == 0:
+    ok = []
+    states = [(e.state, e.error) for e in entries]
+    ok.append(states[0] == (fast.READY, None))
+    ok.append(states[1][0] == fast.SKIPPED and "forked child" in states[1][1])
+    ok.append(fast.wait(timeout=5))
+    os.environ["CUSTOMLOSS_COMPILE"] = "sync"  # would compile in the caller: not here
+    before = len(fast._ENTRIES)
+    z = torch.randn(4, 16, requires_grad=True)
+    t = torch.randn(4, 16)
+    v = huber(z, t)
+    v.backward()
+    ok.append(torch.allclose(v, F.huber_loss(z, t)))
+    ok.append(len(fast._ENTRIES) == before)  # nothing new, nothing compiled
+    x2 = torch.randn(64, requires_grad=True)
+    huber(x2, y).backward()  # the kernel compiled before the fork serves the child
+    ok.append(calls == [1])
+    print("child", ok, flush=True)
+    os._exit(0 if all(ok) else 1)
+_, status = os.waitpid(pid, 0)
+print("exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_uses_ready_kernels_and_compiles_nothing(tmp_path):
+    # DataLoader workers (fork): the parent's compile thread and Inductor's compile
+    # workers are not the child's; a compile started there waited forever
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork.py"
+    script.write_text(_FORK_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "child [True, True, True, True, True, True]" in out.stdout
+    assert out.stdout.strip().endswith("exit 0")
