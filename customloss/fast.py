@@ -369,6 +369,11 @@ def _function_for(
 def _eager_for(kernel: Kernel, nargs: int, reduce: str | None) -> Callable[..., tuple[Any, ...]]:
     if reduce is None:
         return kernel.fn
+    # a hit needs no lock (torch.compile traces a user's model through here, and Dynamo
+    # cannot enter a lock); building one takes it
+    fn = _FUNCTIONS.get((kernel.source, (), reduce, False))
+    if fn is not None:
+        return fn
     with _LOCK:
         return _function_for(kernel, (), nargs, reduce)
 
@@ -542,14 +547,18 @@ def kernel_callable(
     """
     if reduce not in (None, "sum"):
         raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
+    torch = sys.modules.get("torch")
+    if torch is not None and _is_compiling(torch):
+        # inside the user's torch.compile region: the eager kernel, traced by the outer
+        # compile (checked first: no lock, no bookkeeping, which Dynamo cannot trace)
+        return _eager_for(kernel, len(args), reduce)
     eager = _eager_for(kernel, len(args), reduce)
     m = mode()
     if m == "off" or not args:
         return eager
     if _FORKED:  # a forked child: what the parent compiled, else eager (see _after_fork)
         m = "forked"
-    torch = sys.modules.get("torch")
-    if torch is None or not isinstance(args[0], torch.Tensor) or _is_compiling(torch):
+    if torch is None or not isinstance(args[0], torch.Tensor):
         return eager
     sync = m == "sync" or (m != "forked" and getattr(_LOCAL, "sync", False))
     spec = _specialization(kernel, args, torch)

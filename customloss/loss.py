@@ -817,13 +817,22 @@ def _rebuild(state: dict[str, Any]) -> Loss:
     return new
 
 
+_BACKENDS: dict[tuple[bool, bool], Any] = {}
+
+
 def _backend(loss: Loss, *, torch: bool) -> Any:
     """The module that evaluates ``loss``: elementwise or class-axis, NumPy or Torch."""
-    import importlib
+    # (a dict hit, not importlib, on every call: torch.compile traces a user's model
+    # through here, and Dynamo does not trace importlib.import_module)
+    key = (torch, loss.classes)
+    module = _BACKENDS.get(key)
+    if module is None:
+        import importlib
 
-    kind = "torch" if torch else "numpy"
-    suffix = "classes" if loss.classes else "backend"
-    return importlib.import_module(f"customloss.{kind}_{suffix}")
+        kind = "torch" if torch else "numpy"
+        suffix = "classes" if loss.classes else "backend"
+        module = _BACKENDS[key] = importlib.import_module(f"customloss.{kind}_{suffix}")
+    return module
 
 
 def _runtime(backend: str) -> Any:

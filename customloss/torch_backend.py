@@ -311,17 +311,61 @@ def _sum_to(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return g.sum(dim=dims, keepdim=True).reshape(shape) if dims else g.reshape(shape)
 
 
+class _Fused:
+    """The input's derivative a fused forward computed, handed to backward.
+
+    The side channel of one call between ``forward`` (which has no ``ctx`` in the
+    ``setup_context`` style that ``torch.func`` needs) and ``setup_context``.
+    """
+
+    __slots__ = ("grad", "owned", "version")
+
+    def __init__(self) -> None:
+        self.grad: torch.Tensor | None = None
+        self.owned = False
+        self.version: int | None = None
+
+
+def _functorch_wrapped(t: Any) -> bool:
+    """Whether ``t`` is a tensor under a ``torch.func`` transform (grad, vmap, ...)."""
+    if torch.compiler.is_compiling():
+        return False  # (Dynamo handles the transforms it traces; it cannot call this)
+    return isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _fused_request(*tensors: torch.Tensor | None) -> _Fused | bool:
+    """Whether the forward runs the fused value-and-derivative kernel: when only the
+    prediction (``tensors[0]``) will need a gradient.  A :class:`_Fused` to capture
+    the derivative for backward, or, traced (torch.compile, torch.func), ``True``:
+    the same kernel (built by an eager call before), its derivative left to the
+    tracer, which cannot follow the side channel; ``False``: the value kernel."""
+    first, rest = tensors[0], tensors[1:]
+    if not (torch.is_grad_enabled() and first.requires_grad):
+        return False
+    if any(t is not None and t.requires_grad for t in rest):
+        return False
+    if torch.compiler.is_compiling() or _functorch_wrapped(first):
+        return True
+    return _Fused()
+
+
 class LossFunction(torch.autograd.Function):
     """Fused forward/backward of a generated loss.
 
-    ``apply(loss, reduction, weight, input, target, *params)``.
+    ``apply(loss, reduction, fused, weight, input, target, *params)``; ``fused`` is
+    what :func:`_fused_request` returns: a :class:`_Fused` when only the prediction
+    needs a gradient (the forward then also computes it, in the same kernel). In the ``setup_context`` style,
+    with ``generate_vmap_rule``, so ``torch.func.grad``/``vmap``/``jacrev`` work
+    (:class:`_LossFunctionJVP` adds forward-mode AD).
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
-        ctx: Any,
         loss: Loss,
         reduction: str,
+        fused: _Fused | bool,
         weight: torch.Tensor | None,
         input: torch.Tensor,
         target: torch.Tensor,
@@ -331,30 +375,27 @@ class LossFunction(torch.autograd.Function):
         args = [a.to(cdt) for a in (input, target, *params)]
         w = weight.to(cdt) if weight is not None else None
         pred = loss.inputs[0]
-        # needs_input_grad: (loss, reduction, weight, input, target, *params)
-        only_input = (
-            ctx.needs_input_grad[3]
-            and not any(ctx.needs_input_grad[4:])
-            and not ctx.needs_input_grad[2]
-        )
         # Without a weight, a reduced loss is summed inside the (compiled) kernel: the
         # elementwise values are never stored.
         summed = reduction != "none" and w is None
         reduce = "sum" if summed else None
-        if only_input:
+        if fused is True:
+            kernel = loss._kernel("torch", (pred,), value=True, fast=True)
+            values, _ = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
+        elif fused:
             kernel = loss._kernel("torch", (pred,), value=True, fast=True)
             values, dinput = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
-            ctx.fused_owned = _owned(dinput, (input, target, weight, *params, *args, values))
+            fused.grad = dinput
+            fused.owned = _owned(dinput, (input, target, weight, *params, *args, values))
+            # The fused derivative may be the "none" output itself (exp(p - y) returns
+            # one buffer twice) or share an input's storage (d/dp (p*y) = y). Its
+            # version counter tells backward whether the caller changed it in place
+            # since; then backward recomputes from the saved inputs (which autograd
+            # itself checks).
+            fused.version = dinput._version
         else:
             kernel = loss._kernel("torch", (), fast=True)
             (values,) = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
-            dinput = None
-        ctx.fused_grad = dinput
-        # The fused derivative may be the "none" output itself (exp(p - y) returns one
-        # buffer twice) or share an input's storage (d/dp (p*y) = y). Its version counter
-        # tells backward whether the caller changed it in place since; then backward
-        # recomputes from the saved inputs (which autograd itself checks).
-        ctx.fused_version = None if dinput is None else dinput._version
         if w is not None:
             values = values * w
         if summed:
@@ -365,10 +406,16 @@ class LossFunction(torch.autograd.Function):
             out = values.sum()
         else:
             out = values
-        ctx.loss, ctx.reduction, ctx.cdt = loss, reduction, cdt
-        ctx.has_weight = weight is not None
-        ctx.save_for_backward(input, target, weight, *params)
         return out.to(input.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        loss, reduction, fused, weight, input, target, *params = inputs
+        ctx.loss, ctx.reduction, ctx.cdt = loss, reduction, _compute_dtype(input.dtype)
+        ctx.has_weight = weight is not None
+        ctx.fused = fused if isinstance(fused, _Fused) else None
+        ctx.save_for_backward(input, target, weight, *params)
+        ctx.save_for_forward(input, target, weight, *params)
 
     @staticmethod
     def backward(ctx: Any, gout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -376,8 +423,9 @@ class LossFunction(torch.autograd.Function):
         loss, cdt = ctx.loss, ctx.cdt
         names = [*loss.inputs, *loss.params]
         needs = ctx.needs_input_grad
-        wrt = tuple(n for n, need in zip(names, needs[3:], strict=False) if need)
-        want_w = ctx.has_weight and needs[2]
+        # needs_input_grad: (loss, reduction, fused, weight, input, target, *params)
+        wrt = tuple(n for n, need in zip(names, needs[4:], strict=False) if need)
+        want_w = ctx.has_weight and needs[3]
         numel = input.numel()
         g = gout.to(cdt)
         if ctx.reduction == "mean":
@@ -385,13 +433,12 @@ class LossFunction(torch.autograd.Function):
         w = weight.to(cdt) if weight is not None else None
         scale = g if w is None else g * w
         in_place = False
-        fused, ctx.fused_grad = ctx.fused_grad, None
-        if (
-            fused is not None
-            and fused._version == ctx.fused_version
-            and not torch.is_grad_enabled()
-        ):
-            grads = {loss.inputs[0]: fused}
+        fused = ctx.fused
+        dinput = None if fused is None else fused.grad
+        if fused is not None:
+            fused.grad = None  # used once (see below)
+        if dinput is not None and dinput._version == fused.version and not torch.is_grad_enabled():
+            grads = {loss.inputs[0]: dinput}
             # used once: the saved buffer becomes the gradient (scaled in place); a
             # second backward (retain_graph=True) recomputes from the saved inputs
             in_place = True
@@ -408,13 +455,13 @@ class LossFunction(torch.autograd.Function):
             )
             value = outs[0] if want_w else None
             grads = dict(zip(wrt, outs[1:], strict=True))
-        result: list[torch.Tensor | None] = [None, None, None]
+        result: list[torch.Tensor | None] = [None, None, None, None]
         if want_w:
-            result[2] = _sum_to(value * g, weight.shape).to(weight.dtype)
+            result[3] = _sum_to(value * g, weight.shape).to(weight.dtype)
         for n, t in zip(names, (input, target, *params), strict=False):
             if n in grads:
                 d = grads[n]
-                if in_place and ctx.fused_owned and _scalable_in_place(d, t, cdt):
+                if in_place and fused.owned and _scalable_in_place(d, t, cdt):
                     d = d.mul_(scale)
                 else:
                     d = d * scale
@@ -422,6 +469,38 @@ class LossFunction(torch.autograd.Function):
             else:
                 result.append(None)
         return tuple(result)
+
+
+class _LossFunctionJVP(LossFunction):
+    """:class:`LossFunction` with forward-mode AD (``jvp``), for eager calls.
+
+    A class of its own because Dynamo cannot trace an ``autograd.Function`` that
+    defines ``jvp``: inside a user's ``torch.compile`` the plain one is applied.
+    """
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: torch.Tensor | None) -> torch.Tensor:
+        """Forward-mode AD: the directional derivative from the symbolic derivatives."""
+        _, _, _, t_weight, *t_rest = tangents
+        input, target, weight, *params = ctx.saved_tensors
+        loss, cdt = ctx.loss, ctx.cdt
+        names = [*loss.inputs, *loss.params]
+        moving = [(n, t) for n, t in zip(names, t_rest, strict=True) if t is not None]
+        args = [a.to(cdt) for a in (input, target, *params)]
+        outs = loss._kernel("torch", tuple(n for n, _ in moving), value=True).fn(*args)
+        value, derivs = outs[0], outs[1:]
+        d = torch.zeros_like(value)
+        for (_, t), dv in zip(moving, derivs, strict=True):
+            d = d + dv * t.to(cdt)
+        if weight is not None:
+            w = weight.to(cdt)
+            d = d * w + (value * t_weight.to(cdt) if t_weight is not None else 0)
+        d = d.expand(input.shape)
+        if ctx.reduction == "mean":
+            d = d.sum() / max(input.numel(), 1)
+        elif ctx.reduction == "sum":
+            d = d.sum()
+        return d.to(input.dtype)
 
 
 def _scalable_in_place(d: torch.Tensor, t: torch.Tensor, cdt: torch.dtype) -> bool:
@@ -438,8 +517,8 @@ def _owned(t: Any, others: tuple[Any, ...]) -> bool:
     derivative of ``exp(p)``); scaling such a tensor in place would change the caller's
     input, target, param or loss.
     """
-    if not isinstance(t, torch.Tensor):
-        return False
+    if not isinstance(t, torch.Tensor) or torch.compiler.is_compiling():
+        return False  # (traced by the user's torch.compile: storages are not known)
     ptr = t.untyped_storage().data_ptr()
     return not any(
         isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() == ptr for o in others
@@ -537,7 +616,28 @@ def evaluate(
 ) -> torch.Tensor:
     """Evaluate an elementwise ``loss`` on tensors (see ``Loss.__call__``)."""
     input, target, w, ps = _prepare(loss, input, target, weight, params)
-    return LossFunction.apply(loss, reduction, w, input, target, *ps)
+    fused = _fused_request(input, target, w, *ps)
+    if not _differentiable(input, target, w, *ps):
+        # nothing to differentiate (evaluation, no_grad): the forward alone (Dynamo
+        # mis-binds a varargs forward of Function.apply without grad, and autograd
+        # would record nothing anyway)
+        return LossFunction.forward(loss, reduction, False, w, input, target, *ps)
+    function = LossFunction if torch.compiler.is_compiling() else _LossFunctionJVP
+    return function.apply(loss, reduction, fused, w, input, target, *ps)
+
+
+def _differentiable(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record a call on these tensors (forward AD included)."""
+    if any(t is not None and _functorch_wrapped(t) for t in tensors):
+        return True  # (torch.func transforms track gradients their own way)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    return any(
+        t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+        for t in tensors
+    )
 
 
 class LossModule(torch.nn.Module):

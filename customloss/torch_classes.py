@@ -22,7 +22,11 @@ from customloss import _validate, fast
 from customloss.torch_backend import (
     _as_tensor,
     _compute_dtype,
+    _differentiable,
     _float_input,
+    _functorch_wrapped,
+    _Fused,
+    _fused_request,
     _owned,
     _scalable_in_place,
     _sum_to,
@@ -60,6 +64,22 @@ def _prepare(
         # have no values to check (nor to be wrong), and take the masked path
         if idx.device.type == "meta":
             any_bad, any_ignored = False, True
+        elif torch.compiler.is_compiling():
+            # traced by the user's torch.compile: no read-back (a graph break); an
+            # asynchronous assert, as torch's own cross_entropy on a GPU, and the
+            # masked path, which is right whether or not anything is ignored
+            torch._assert_async(~bad.any(), "class-index target out of range")
+            any_bad, any_ignored = False, True
+        elif _functorch_wrapped(idx):
+            # under torch.func.vmap: read the whole batch's targets underneath
+            base = idx
+            while _functorch_wrapped(base):
+                base = torch._C._functorch.get_unwrapped(base)
+            base_valid = base != ignore_index
+            base_bad = base_valid & ((base < 0) | (base >= n_classes))
+            if bool(base_bad.any()):
+                raise _validate.out_of_range_index(int(base[base_bad][0]), n_classes, ignore_index)
+            any_bad, any_ignored = False, True  # (the masked path is right either way)
         else:
             any_bad, any_ignored = torch.stack([bad.any(), ~valid.all()]).tolist()
         if any_bad:
@@ -108,45 +128,51 @@ def _prepare(
 class ClassLossFunction(torch.autograd.Function):
     """Fused forward/backward of a class-axis loss.
 
-    ``apply(loss, mode, reduction, sample_shape, zeros, weight, valid, x, target, *params)``;
-    ``zeros`` names the params passed as the number 0 (see ``Loss._zeroed``).
+    ``apply(loss, mode, reduction, sample_shape, zeros, fused, weight, valid, x, target,
+    *params)`` returns ``(loss, mean denominator)``; ``zeros`` names the params passed
+    as the number 0 (see ``Loss._zeroed``); ``fused`` as for the elementwise
+    :class:`~customloss.torch_backend.LossFunction` (here it captures the derivative
+    buffers of the class kernel). In the ``setup_context`` style with
+    ``generate_vmap_rule``, for ``torch.func``.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
-        ctx: Any,
         loss: Loss,
         mode: str,
         reduction: str,
         sample_shape: tuple,
         zeros: frozenset[str],
+        fused: _Fused | bool,
         weight: torch.Tensor | None,
         valid: torch.Tensor | None,
         x: torch.Tensor,
         target: torch.Tensor,
         *params: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         cdt = _compute_dtype(x.dtype)
         args = [
             x.to(cdt),
             target if mode == "index" else target.to(cdt),
             *(p.to(cdt) for p in params),
         ]
-        needs = ctx.needs_input_grad
-        only_input = needs[7] and not any(needs[8:]) and not needs[5]
         has_norm = mode == "index" and loss.index_mean_weight is not None
-        wrt = (loss.inputs[0],) if only_input else ()
+        wrt = (loss.inputs[0],) if fused else ()
         kernel = loss._class_kernel("torch", mode, wrt, True, zeros)
         outs = fast.kernel_callable(kernel, tuple(args))(*args)
         values = outs[0]
         norm = outs[1] if has_norm else None
-        ctx.fused = outs[2 if has_norm else 1 :] if only_input else None
-        # (changed in place by the caller since, e.g. through the "none" output: recompute)
-        ctx.fused_versions = [t._version for t in ctx.fused] if ctx.fused is not None else None
-        if ctx.fused is not None:  # which saved buffers are ours alone (see _owned)
+        if isinstance(fused, _Fused):
             start = 2 if has_norm else 1
+            fused.grad = outs[start:]
+            # (changed in place by the caller since, e.g. through the "none" output:
+            # backward recomputes)
+            fused.version = [t._version for t in fused.grad]
             inputs = (x, target, weight, valid, *params, *args)
-            ctx.owned = [
+            # which saved buffers are ours alone (see _owned)
+            fused.owned = [
                 _owned(outs[i], (*inputs, *outs[:i], *outs[i + 1 :]))
                 for i in range(start, len(outs))
             ]
@@ -154,47 +180,57 @@ class ClassLossFunction(torch.autograd.Function):
             values = torch.where(valid, values, torch.zeros_like(values))
         if weight is not None:
             values = values * weight.to(cdt)
-        den = None
         if reduction == "mean":
             if mode == "index" and norm is not None:
                 den = (norm if valid is None else torch.where(valid, norm, 0.0)).sum()
             elif mode == "index" and valid is not None:
                 den = valid.sum().to(cdt)
             else:
-                den = torch.tensor(float(values.numel()), dtype=cdt, device=values.device)
+                den = torch.full((), float(values.numel()), dtype=cdt, device=values.device)
             out = values.sum() / den
-        elif reduction == "sum":
-            out = values.sum()
         else:
-            # not a view of the kernel's (N, 1, ...) buffer: autograd refuses in-place
-            # changes of a custom Function's view outputs (`loss *= mask`), and
-            # F.cross_entropy's "none" output allows them
-            out = values.reshape(sample_shape)
-            if out._base is not None:
-                out = out.clone()
-        ctx.loss, ctx.mode, ctx.reduction, ctx.cdt, ctx.den = loss, mode, reduction, cdt, den
-        ctx.has_weight, ctx.zeros = weight is not None, zeros
-        ctx.save_for_backward(weight, valid, x, target, *params)
-        return out.to(x.dtype)
+            den = torch.ones((), dtype=cdt, device=values.device)  # (unused)
+            if reduction == "sum":
+                out = values.sum()
+            else:
+                # not a view of the kernel's (N, 1, ...) buffer: autograd refuses
+                # in-place changes of a custom Function's view outputs (`loss *= mask`),
+                # and F.cross_entropy's "none" output allows them
+                out = values.reshape(sample_shape)
+                if out._base is not None:
+                    out = out.clone()
+        return out.to(x.dtype), den
 
     @staticmethod
-    def backward(ctx: Any, gout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        weight, valid, x, target, *params = ctx.saved_tensors
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        loss, mode, reduction, _, zeros, fused, weight, valid, x, target, *params = inputs
+        den = output[1]
+        ctx.mark_non_differentiable(den)
+        ctx.loss, ctx.mode, ctx.reduction = loss, mode, reduction
+        ctx.cdt = _compute_dtype(x.dtype)
+        ctx.has_weight, ctx.zeros = weight is not None, zeros
+        ctx.fused = fused if isinstance(fused, _Fused) else None
+        ctx.save_for_backward(weight, valid, x, target, den, *params)
+
+    @staticmethod
+    def backward(
+        ctx: Any, gout: torch.Tensor, _gden: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, ...]:
+        weight, valid, x, target, den, *params = ctx.saved_tensors
         loss, mode, cdt = ctx.loss, ctx.mode, ctx.cdt
+        # needs_input_grad: (loss, mode, reduction, sample_shape, zeros, fused, weight,
+        # valid, x, target, *params)
         needs = ctx.needs_input_grad
         names = [*loss.inputs, *loss.params]
         tensors = (x, target, *params)
-        wrt = tuple(n for n, need in zip(names, needs[7:], strict=False) if need)
-        want_w = ctx.has_weight and needs[5]
+        wrt = tuple(n for n, need in zip(names, needs[8:], strict=False) if need)
+        want_w = ctx.has_weight and needs[6]
         keep = (x.shape[0], 1, *x.shape[2:])
         g = gout.to(cdt)
-        g = (
-            g.reshape(keep)
-            if ctx.reduction == "none"
-            else g / ctx.den
-            if ctx.den is not None
-            else g
-        )
+        if ctx.reduction == "none":
+            g = g.reshape(keep)
+        elif ctx.reduction == "mean":
+            g = g / den
         scale = g if weight is None else g * weight.to(cdt)
         if valid is not None:
             scale = scale * valid.to(cdt)
@@ -206,15 +242,20 @@ class ClassLossFunction(torch.autograd.Function):
             return a if ignored is None else a.masked_fill_(ignored, 0.0)
 
         in_place, owned = False, []
-        fused_intact = ctx.fused is not None and ctx.fused_versions == [
-            t._version for t in ctx.fused
-        ]
-        if fused_intact and not torch.is_grad_enabled():
-            outs = list(ctx.fused)
-            owned = list(ctx.owned)
+        fused = ctx.fused
+        buffers = None if fused is None else fused.grad
+        if fused is not None:
+            fused.grad = None  # used once (see below)
+        if (
+            buffers is not None
+            and fused.version == [t._version for t in buffers]
+            and not torch.is_grad_enabled()
+        ):
+            outs = list(buffers)
+            owned = list(fused.owned)
             # used once: the saved buffers become the gradient (scaled in place); a
             # second backward (retain_graph=True) recomputes from the saved inputs
-            ctx.fused, in_place = None, True
+            in_place = True
             value = None
         else:
             args = [
@@ -232,12 +273,12 @@ class ClassLossFunction(torch.autograd.Function):
             value = outs.pop(0)
             if mode == "index" and loss.index_mean_weight is not None:
                 outs.pop(0)
-        result: list[torch.Tensor | None] = [None] * 7
+        result: list[torch.Tensor | None] = [None] * 8
         if want_w:
             v = value * g
             if valid is not None:
                 v = torch.where(valid, v, torch.zeros_like(v))
-            result[5] = v.to(weight.dtype)
+            result[6] = v.to(weight.dtype)
         for n, t in zip(names, tensors, strict=False):
             if n not in wrt:
                 result.append(None)
@@ -264,6 +305,19 @@ class ClassLossFunction(torch.autograd.Function):
         return tuple(result)
 
 
+class _ClassLossFunctionJVP(ClassLossFunction):
+    """:class:`ClassLossFunction` for eager calls: says that forward-mode AD is not
+    available (a class of its own: Dynamo cannot trace a Function defining ``jvp``)."""
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:
+        raise NotImplementedError(
+            f"loss {ctx.loss.name!r}: forward-mode AD (torch.func.jvp, forward_ad) of "
+            "class-axis losses is not implemented; use reverse mode (backward, "
+            "torch.func.grad/vjp/jacrev)"
+        )
+
+
 def evaluate(
     loss: Loss,
     input: Any,
@@ -280,15 +334,25 @@ def evaluate(
     if prep["mode"] == "index" and reduction == "mean":
         learned = [n for n, p in zip(loss.params, prep["params"], strict=True) if p.requires_grad]
         _validate.check_mean_denominator(loss, learned)
-    return ClassLossFunction.apply(
+    fused = _fused_request(prep["x"], prep["weight"], *prep["params"])
+    if prep["mode"] == "prob" and prep["target"].requires_grad:
+        fused = False
+    args = (
         loss,
         prep["mode"],
         reduction,
         prep["sample_shape"],
         prep["zeros"],
+        fused,
         prep["weight"],
         prep["valid"],
         prep["x"],
         prep["target"],
         *prep["params"],
     )
+    if not _differentiable(prep["x"], prep["target"], prep["weight"], *prep["params"]):
+        out, _ = ClassLossFunction.forward(*args)  # (see torch_backend.evaluate)
+    else:
+        function = ClassLossFunction if torch.compiler.is_compiling() else _ClassLossFunctionJVP
+        out, _ = function.apply(*args)
+    return out

@@ -652,3 +652,59 @@ def test_a_forked_child_uses_ready_kernels_and_compiles_nothing(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "child [True, True, True, True, True, True]" in out.stdout
     assert out.stdout.strip().endswith("exit 0")
+
+
+def _compile_inputs(loss: cl.Loss) -> tuple[Any, Any, dict[str, Any]]:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    c = 5
+    params = {"counts": torch.tensor([50.0, 20, 10, 5, 1])} if "counts" in loss.params else {}
+    prob = loss.domains.get(loss.inputs[0]) == "probability" or loss.name == "msle"
+    if loss.classes:
+        x = torch.randn(8, c, generator=gen)
+        x = torch.softmax(x, 1) if prob else x
+        y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+        if prob:  # probability predictions take probability targets
+            y = torch.softmax(torch.randn(8, c, generator=gen), 1)
+    else:
+        x = torch.rand(8, generator=gen) * 0.9 + 0.05 if prob else torch.randn(8, generator=gen)
+        y = torch.rand(8, generator=gen)
+        if loss.domains.get(loss.inputs[1]) == "sign":
+            y = torch.where(y > 0.5, 1.0, -1.0)
+    return x.requires_grad_(True), y, params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", cl.names())
+def test_a_model_with_the_loss_compiles_as_one_graph(name):
+    # torch.compile(model, fullgraph=True) traces through Loss.torch() (no graph break:
+    # no importlib, locks, storage pointers or read-backs on the traced path) and gives
+    # the eager model's value and gradient
+    import torch
+
+    loss = cl.get(name)
+    x, y, params = _compile_inputs(loss)
+    crit = loss.torch(**params)
+    ref = crit(x, y)
+    (gref,) = torch.autograd.grad(ref, x)
+    torch._dynamo.reset()
+    compiled = torch.compile(crit, backend="eager", fullgraph=True)
+    value = compiled(x, y)
+    (grad,) = torch.autograd.grad(value, x)
+    assert torch.isfinite(ref)
+    torch.testing.assert_close(value, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad, gref, rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_cross_entropy_still_refuses_an_out_of_range_class():
+    import torch
+
+    crit = cl.get("cross_entropy").torch()
+    z, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    crit(z, t)
+    torch._dynamo.reset()
+    compiled = torch.compile(crit, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(z, t), torch.nn.functional.cross_entropy(z, t))
+    with pytest.raises(RuntimeError, match="class-index target out of range"):
+        compiled(z, torch.tensor([0, 1, 3, 1]))
