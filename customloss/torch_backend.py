@@ -583,6 +583,16 @@ def _as_tensor(what: str, value: Any, like: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{what} must be numeric: {exc}") from None
 
 
+def _autocast_float32(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Under ``torch.autocast`` on the first tensor's device, half-precision tensors
+    become float32, so the loss is float32 as torch's own losses are there (autocast
+    runs every ``torch.nn.functional`` loss in float32); unchanged otherwise."""
+    first = tensors[0]
+    if first is None or not torch.is_autocast_enabled(first.device.type):
+        return list(tensors)
+    return [t.float() if t is not None and t.dtype in _HALF else t for t in tensors]
+
+
 def _prepare(
     loss: Loss, input: Any, target: Any, weight: Any, params: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
@@ -616,6 +626,7 @@ def evaluate(
 ) -> torch.Tensor:
     """Evaluate an elementwise ``loss`` on tensors (see ``Loss.__call__``)."""
     input, target, w, ps = _prepare(loss, input, target, weight, params)
+    input, target, w, *ps = _autocast_float32(input, target, w, *ps)
     fused = _fused_request(input, target, w, *ps)
     if not _differentiable(input, target, w, *ps):
         # nothing to differentiate (evaluation, no_grad): the forward alone (Dynamo

@@ -21,6 +21,7 @@ import torch
 from customloss import _validate, fast
 from customloss.torch_backend import (
     _as_tensor,
+    _autocast_float32,
     _compute_dtype,
     _differentiable,
     _float_input,
@@ -331,6 +332,15 @@ def evaluate(
 ) -> torch.Tensor:
     """Evaluate a class-axis ``loss`` on tensors (see ``Loss.__call__``)."""
     prep = _prepare(loss, input, target, weight, params, class_dim, ignore_index)
+    x, target_, w, *ps = _autocast_float32(
+        prep["x"],
+        None if prep["mode"] == "index" else prep["target"],
+        prep["weight"],
+        *prep["params"],
+    )
+    prep.update(x=x, weight=w, params=ps)
+    if prep["mode"] == "prob":
+        prep["target"] = target_
     if prep["mode"] == "index" and reduction == "mean":
         learned = [n for n, p in zip(loss.params, prep["params"], strict=True) if p.requires_grad]
         _validate.check_mean_denominator(loss, learned)

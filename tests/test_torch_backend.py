@@ -893,3 +893,34 @@ def test_torch_func_transforms_of_cross_entropy_equal_torch():
         vmap(ce)(zs, torch.tensor([0, 3, 1, 4, 0]).reshape(5, 1))
     with pytest.raises(NotImplementedError, match="forward-mode AD .* class-axis"):
         torch.func.jvp(lambda a: ce(a, t), (z,), (torch.ones_like(z),))
+
+
+def test_under_autocast_losses_are_float32_like_torchs():
+    # torch.autocast runs every torch.nn.functional loss in float32 and returns float32
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    x = torch.randn(16, 3)
+    y = (torch.rand(16, 4) > 0.5).float()
+    t = torch.randint(0, 4, (16,))
+    cases = [
+        ("bce_with_logits", y, lambda z: F.binary_cross_entropy_with_logits(z, y)),
+        ("mse", y, lambda z: F.mse_loss(z, y)),
+        ("cross_entropy", t, lambda z: F.cross_entropy(z, t)),
+    ]
+    for name, target, reference in cases:
+        grads = []
+        for fn in (lambda z, n=name, tg=target: cl.get(n)(z, tg), reference):
+            model.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                z = model(x)
+                assert z.dtype == torch.bfloat16
+                value = fn(z)
+            assert value.dtype == torch.float32, name
+            value.backward()
+            grads.append((value.detach(), model.weight.grad.clone()))
+        (ours, g_ours), (ref, g_ref) = grads
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-6)
+    # outside autocast, a bfloat16 input still gives a bfloat16 loss (the input's dtype)
+    z = torch.randn(4, dtype=torch.bfloat16)
+    assert cl.get("mse")(z, torch.zeros(4, dtype=torch.bfloat16)).dtype == torch.bfloat16
