@@ -583,12 +583,21 @@ def _as_tensor(what: str, value: Any, like: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{what} must be numeric: {exc}") from None
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return device_type == "cuda" and torch.is_autocast_enabled()
+
+
 def _autocast_float32(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     """Under ``torch.autocast`` on the first tensor's device, half-precision tensors
     become float32, so the loss is float32 as torch's own losses are there (autocast
     runs every ``torch.nn.functional`` loss in float32); unchanged otherwise."""
     first = tensors[0]
-    if first is None or not torch.is_autocast_enabled(first.device.type):
+    if first is None or not _autocast_enabled(first.device.type):
         return list(tensors)
     return [t.float() if t is not None and t.dtype in _HALF else t for t in tensors]
 
