@@ -590,6 +590,8 @@ def _autocast_enabled(device_type: str) -> bool:
         if device_type == "cpu":
             return torch.is_autocast_cpu_enabled()
         return device_type == "cuda" and torch.is_autocast_enabled()
+    except RuntimeError:  # a device type autocast does not know (meta): never enabled
+        return False
 
 
 def _autocast_float32(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
