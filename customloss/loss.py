@@ -673,6 +673,47 @@ class Loss:
         loss = self.with_defaults(**chosen) if chosen else self
         return torch_backend.LossModule(loss, reduction=reduction, **params)
 
+    def prepare(self, wrt: Sequence[str] = ()) -> Loss:
+        """Generate now the Torch kernels that calls of this loss use; returns ``self``.
+
+        Calling a loss generates its kernels on first use (SymPy work: tens of ms per
+        loss, or a few ms from the disk cache).  ``torch.compile(..., fullgraph=True)``
+        cannot trace that work, so a loss called inside such a region must be
+        prepared first; :meth:`torch` does it for its module.  Idempotent and cheap
+        once done.
+
+        Args:
+            wrt: params (besides the prediction) that backward will differentiate,
+                e.g. a learned ``gamma``.
+        """
+        unknown = [n for n in wrt if n not in self.params]
+        if unknown:
+            raise ValueError(
+                f"loss {self.name!r}: prepare(wrt=...) takes param names "
+                f"{sorted(self.params)}; got {unknown}"
+            )
+        _backend(self, torch=True)
+        pred = self.inputs[0]
+        moving = tuple(n for n in (*self.inputs, *self.params) if n == pred or n in wrt)
+        if self.classes:
+            for mode in ("prob", "index"):
+                for w in ((), (pred,), moving):
+                    self._class_kernel("torch", mode, w, True)
+        else:
+            # the forward kernels (value only; value and d/dpred, fused) and backward's
+            # recompute kernels (evaluate-only without a graph, differentiable with one)
+            from customloss import fast as fast_path
+
+            nargs = len(self.inputs) + len(self.params)
+            for forward in (
+                self._kernel("torch", (), fast=True),
+                self._kernel("torch", (pred,), value=True, fast=True),
+            ):
+                fast_path._eager_for(forward, nargs, "sum")  # the reduced forward
+            for fast_ in (True, False):
+                self._kernel("torch", moving, value=True, fast=fast_)
+        return self
+
     def with_defaults(self, **params: Any) -> Loss:
         """A new ``Loss`` with other param defaults (and call options such as
         ``ignore_index`` for class-axis losses, or a variant such as ``base`` of

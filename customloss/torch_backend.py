@@ -697,6 +697,10 @@ class LossModule(torch.nn.Module):
             # float64 buffers: a float64 input must not see params rounded to float32
             # (the backend casts them to the compute dtype of each call)
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.float64))
+        # the kernels exist before any trace: torch.compile(model, fullgraph=True) of a
+        # fresh module cannot generate them (SymPy work Dynamo does not trace)
+        learned = [n for n, _ in self.named_parameters(recurse=False)]
+        loss.prepare(wrt=learned)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
         # A parent model's .to(torch.bfloat16) / .half() casts every floating buffer;

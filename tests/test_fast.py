@@ -675,26 +675,91 @@ def _compile_inputs(loss: cl.Loss) -> tuple[Any, Any, dict[str, Any]]:
     return x.requires_grad_(True), y, params
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", cl.names())
-def test_a_model_with_the_loss_compiles_as_one_graph(name):
-    # torch.compile(model, fullgraph=True) traces through Loss.torch() (no graph break:
-    # no importlib, locks, storage pointers or read-backs on the traced path) and gives
-    # the eager model's value and gradient
+@pytest.fixture
+def no_kernels_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a fresh process: no loss has generated a kernel or wrapper yet."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["customloss.loss"], "_ARTEFACTS", {})
+    monkeypatch.setattr(fast, "_FUNCTIONS", {})
+    monkeypatch.setenv("CUSTOMLOSS_CACHE", "0")
+
+
+def _compiled_first(crit: Any, x: Any, y: Any) -> tuple[Any, Any, Any, Any]:
+    """The fullgraph-compiled module's value and d/dx, traced before any eager call,
+    then the eager module's."""
     import torch
 
-    loss = cl.get(name)
-    x, y, params = _compile_inputs(loss)
-    crit = loss.torch(**params)
-    ref = crit(x, y)
-    (gref,) = torch.autograd.grad(ref, x)
     torch._dynamo.reset()
     compiled = torch.compile(crit, backend="eager", fullgraph=True)
     value = compiled(x, y)
     (grad,) = torch.autograd.grad(value, x)
+    ref = crit(x, y)
+    (gref,) = torch.autograd.grad(ref, x)
+    return value, grad, ref, gref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", cl.names())
+def test_a_model_with_the_loss_compiles_as_one_graph(name, no_kernels_yet):
+    # torch.compile(model, fullgraph=True) traces through a fresh Loss.torch() (no graph
+    # break: no importlib, locks, SymPy, storage pointers or read-backs on the traced
+    # path; the module generated its kernels when it was built) and gives the eager
+    # model's value and gradient
+    import torch
+
+    loss = cl.get(name)
+    x, y, params = _compile_inputs(loss)
+    value, grad, ref, gref = _compiled_first(loss.torch(**params), x, y)
     assert torch.isfinite(ref)
     torch.testing.assert_close(value, ref, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad, gref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["focal", "cross_entropy"])
+def test_a_fresh_module_compiles_as_one_graph_before_any_eager_call(name, no_kernels_yet):
+    import torch
+
+    loss = cl.get(name)
+    x, y, params = _compile_inputs(loss)
+    value, grad, ref, gref = _compiled_first(loss.torch(**params), x, y)
+    if name == "focal":  # torchvision's formula (alpha 0.25, gamma 2), by hand
+        p = torch.sigmoid(x)
+        ce = torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none")
+        p_t = p * y + (1 - p) * (1 - y)
+        alpha_t = 0.25 * y + 0.75 * (1 - y)
+        expected = (alpha_t * ce * (1 - p_t) ** 2).mean()
+    else:
+        expected = torch.nn.functional.cross_entropy(x, y)
+    (gexp,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(grad, gexp)
+    torch.testing.assert_close(ref, expected)
+
+
+def test_a_learned_param_compiles_as_one_graph(no_kernels_yet):
+    # backward also differentiates the module's nn.Parameter: that kernel exists too
+    import torch
+
+    gamma = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    crit = cl.get("focal").torch(gamma=gamma)
+    x, y, _ = _compile_inputs(cl.get("focal"))
+    torch._dynamo.reset()
+    compiled = torch.compile(crit, backend="eager", fullgraph=True)
+    dx, dgamma = torch.autograd.grad(compiled(x, y), (x, gamma))
+    g = gamma.detach().clone().requires_grad_(True)
+    p = torch.sigmoid(x)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none")
+    p_t = p * y + (1 - p) * (1 - y)
+    expected = ((0.25 * y + 0.75 * (1 - y)) * ce * (1 - p_t) ** g).mean()
+    ex, eg = torch.autograd.grad(expected, (x, g))
+    torch.testing.assert_close(dx, ex)
+    torch.testing.assert_close(dgamma, eg.to(dgamma.dtype))
+
+
+def test_prepare_names_an_unknown_param():
+    with pytest.raises(ValueError, match="prepare.*'nope'"):
+        cl.get("focal").prepare(wrt=["nope"])
 
 
 def test_compiled_cross_entropy_still_refuses_an_out_of_range_class():
