@@ -208,10 +208,12 @@ class ClassLossFunction(torch.autograd.Function):
         den = output[1]
         ctx.mark_non_differentiable(den)
         ctx.loss, ctx.mode, ctx.reduction = loss, mode, reduction
+        ctx.sample_shape = tuple(inputs[3])
         ctx.cdt = _compute_dtype(x.dtype)
         ctx.has_weight, ctx.zeros = weight is not None, zeros
         ctx.fused = fused if isinstance(fused, _Fused) else None
         ctx.save_for_backward(weight, valid, x, target, den, *params)
+        ctx.save_for_forward(weight, valid, x, target, den, *params)
 
     @staticmethod
     def backward(
@@ -307,16 +309,89 @@ class ClassLossFunction(torch.autograd.Function):
 
 
 class _ClassLossFunctionJVP(ClassLossFunction):
-    """:class:`ClassLossFunction` for eager calls: says that forward-mode AD is not
-    available (a class of its own: Dynamo cannot trace a Function defining ``jvp``)."""
+    """:class:`ClassLossFunction` with forward-mode AD (``jvp``), for eager calls (a
+    class of its own: Dynamo cannot trace a Function defining ``jvp``)."""
 
     @staticmethod
-    def jvp(ctx: Any, *tangents: Any) -> Any:
-        raise NotImplementedError(
-            f"loss {ctx.loss.name!r}: forward-mode AD (torch.func.jvp, forward_ad) of "
-            "class-axis losses is not implemented; use reverse mode (backward, "
-            "torch.func.grad/vjp/jacrev)"
-        )
+    def jvp(ctx: Any, *tangents: Any) -> tuple[torch.Tensor, None]:
+        """Forward-mode AD: the directional derivative from the symbolic derivatives.
+
+        Per sample: ``sum_c dL/dz_c t_c`` for a per-class tensor (with class-index
+        targets plus the at-target part, as backward's ``scatter_add``), ``dL/dp t``
+        for a scalar param; then the weight, the ignored positions and the reduction
+        as in forward (the mean's denominator is constant: params inside it are
+        refused, as in reverse mode).
+        """
+        t_weight, _, *t_rest = tangents[6:]
+        weight, valid, x, target, den, *params = ctx.saved_tensors
+        loss, mode, cdt = ctx.loss, ctx.mode, ctx.cdt
+        names = [*loss.inputs, *loss.params]
+        tensors = (x, target, *params)
+        # (torch passes zeros for inputs without a tangent; params inside the weighted
+        # mean's denominator have none: evaluate refused those that do)
+        fixed = _denominator_params(loss) if mode == "index" and ctx.reduction == "mean" else ()
+        moving = [
+            (n, t) for n, t in zip(names, t_rest, strict=True) if t is not None and n not in fixed
+        ]
+        wrt = tuple(n for n, _ in moving)
+        args = [
+            x.to(cdt),
+            target if mode == "index" else target.to(cdt),
+            *(p.to(cdt) for p in params),
+        ]
+        outs = list(loss._class_kernel("torch", mode, wrt, True, ctx.zeros).fn(*args))
+        value = outs.pop(0)
+        if mode == "index" and loss.index_mean_weight is not None:
+            outs.pop(0)
+        gathers = mode == "index" and loss._index_gathers()
+        by_name = dict(zip(names, tensors, strict=False))
+        dv = torch.zeros_like(value)
+        for n, t in moving:
+            d = outs.pop(0)
+            t = t.to(cdt)
+            if n not in loss.per_class:  # a scalar param: a per-sample derivative
+                d = d.sum(1, keepdim=True) if d.dim() > 1 and d.shape[1] != 1 else d
+                dv = dv + d * t.reshape(())
+                continue
+            if t.numel() == 1:  # one value for every class
+                dv = dv + (d * t.reshape(())).sum(1, keepdim=True)
+            else:
+                dv = dv + (d * t.expand_as(d) if t.shape != d.shape else d * t).sum(1, keepdim=True)
+            if gathers:
+                at = outs.pop(0)
+                if t.numel() == 1:
+                    dv = dv + at * t.reshape(())
+                elif by_name[n] is x:
+                    dv = dv + at * t.gather(1, target)
+                else:
+                    dv = dv + at * t.reshape(-1)[target]
+        if weight is not None:
+            dv = dv * weight.to(cdt)
+            if t_weight is not None:
+                dv = dv + value * t_weight.to(cdt)
+        if valid is not None:
+            dv = torch.where(valid, dv, torch.zeros_like(dv))
+        if ctx.reduction == "mean":
+            out = dv.sum() / den
+        elif ctx.reduction == "sum":
+            out = dv.sum()
+        else:
+            out = dv.reshape(ctx.sample_shape)
+        return out.to(x.dtype), None
+
+
+def _denominator_params(loss: Loss) -> frozenset[str]:
+    """Params in the weighted mean's denominator (class-index targets)."""
+    if loss.index_mean_weight is None:
+        return frozenset()
+    return frozenset(s.name for s in loss.index_mean_weight.free_symbols) & set(loss.params)
+
+
+def _has_tangent(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a forward-mode dual tensor (``torch.autograd.forward_ad``)."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch.autograd.forward_ad.unpack_dual(t).tangent is not None
 
 
 def evaluate(
@@ -342,7 +417,11 @@ def evaluate(
     if prep["mode"] == "prob":
         prep["target"] = target_
     if prep["mode"] == "index" and reduction == "mean":
-        learned = [n for n, p in zip(loss.params, prep["params"], strict=True) if p.requires_grad]
+        learned = [
+            n
+            for n, p in zip(loss.params, prep["params"], strict=True)
+            if p.requires_grad or _has_tangent(p)
+        ]
         _validate.check_mean_denominator(loss, learned)
     fused = _fused_request(prep["x"], prep["weight"], *prep["params"])
     if prep["mode"] == "prob" and prep["target"].requires_grad:
