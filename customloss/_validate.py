@@ -169,8 +169,9 @@ DOMAINS = {
 #: the named domains that are intervals, as (low, high, low closed, high closed)
 _NAMED_INTERVALS = {
     "probability": (0.0, 1.0, True, True),
-    "nonnegative": (0.0, float("inf"), True, False),
-    "positive": (0.0, float("inf"), False, False),
+    # (+inf included: ">= 0" holds for it, and torch accepts e.g. huber's delta = inf)
+    "nonnegative": (0.0, float("inf"), True, True),
+    "positive": (0.0, float("inf"), False, True),
 }
 _INTERVAL_RE = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])\s*$")
 
@@ -208,20 +209,32 @@ def describe_domain(domain: str) -> str:
     return DOMAINS.get(domain) or f"in {domain.strip()}"
 
 
-def check_domain(what: str, values: Any, domain: str) -> None:
+def check_domain(what: str, values: Any, domain: str, *, indices: bool = False) -> None:
     """Raise ``ValueError`` naming ``what`` if ``values`` leave ``domain``.
 
-    Works for numbers, NumPy arrays, array-likes and torch tensors (class-index
-    targets, an integer array for a class-axis loss, are not checked here).
+    Works for numbers (``Fraction``/``Decimal`` too), NumPy arrays, array-likes and
+    torch tensors (any floating dtype; a meta tensor has no values to check).
+    ``indices``: ``values`` is a class-axis loss's target, where an integer array
+    holds class indices, not probabilities (checked elsewhere).
     """
     import numpy as np
 
     interval = domain_interval(domain)
     if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
+        t = values.detach()
+        if t.device.type == "meta":
+            return
+        if t.is_floating_point() and t.element_size() < 4:  # (NumPy has no bfloat16)
+            t = t.float()
+        values = t.cpu().numpy()
     v = np.asarray(values)
-    if v.dtype.kind in "iu" and domain == "probability":
+    if indices and v.dtype.kind in "iu":
         return  # class indices
+    if v.dtype.kind == "O":  # Fraction, Decimal, ...
+        try:
+            v = v.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
     if v.dtype.kind not in "biuf":
         raise TypeError(f"{what} must be real numbers; got an array of dtype {v.dtype}")
     with np.errstate(invalid="ignore"):

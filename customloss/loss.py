@@ -608,7 +608,8 @@ class Loss:
             for name, arg in zip(self.inputs, (input, target), strict=True):
                 if name in self.domains:
                     what = f"{'input' if name == self.inputs[0] else 'target'} {name!r}"
-                    _validate.check_domain(what, arg, self.domains[name])
+                    indices = self.classes and name == self.inputs[1]
+                    _validate.check_domain(what, arg, self.domains[name], indices=indices)
         backend = _backend(self, torch=_is_torch(input) or _is_torch(target))
         return backend.evaluate(
             self, input, target, reduction=reduction, weight=weight, params=values, **options

@@ -330,6 +330,59 @@ def test_declared_param_domains_intervals_and_errors():
         pickle.loads(pickle.dumps(k_loss))(x, y, k=5.0)
 
 
+def test_param_domains_check_integers_half_tensors_inf_and_fractions():
+    # (found by the session-6 review of the domain checks)
+    import fractions
+
+    import torch
+    import torch.nn.functional as F
+
+    x, y = torch.randn(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
+    quantile = cl.get("quantile")
+    # an integer outside [0, 1] is refused like the float (it skipped the check)
+    for bad in (2, [0, 3], np.int64(5)):
+        with pytest.raises(ValueError, match=r"param 'q' must be in \[0, 1\]"):
+            quantile(x, y, q=bad)
+    with pytest.raises(ValueError, match=r"param 'q' must be in \[0, 1\]"):
+        quantile.torch(q=3)
+    z, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    with pytest.raises(RuntimeError):
+        F.cross_entropy(z, t, label_smoothing=2)
+    with pytest.raises(ValueError, match=r"param 'label_smoothing' must be in \[0, 1\]"):
+        cl.get("cross_entropy")(z, t, label_smoothing=2)
+    # an integer target of an elementwise loss is a value, not a class index
+    with pytest.raises(ValueError, match=r"target 'y' must be in \[0, 1\]; found 5.0"):
+        cl.get("bce")(torch.tensor([0.2, 0.7]), torch.tensor([0, 5]), validate=True)
+    # class indices of a class-axis loss are still exempt (checked against C elsewhere)
+    got = cl.get("categorical_crossentropy")(torch.softmax(z, 1), t, validate=True)
+    assert float(got) == pytest.approx(float(F.nll_loss(torch.log_softmax(z, 1), t)), rel=1e-6)
+    # bfloat16/float16 tensors are checked (NumPy has no bfloat16), meta ones skipped
+    for dt in (torch.bfloat16, torch.float16):
+        crit = cl.get("focal").torch(gamma=torch.nn.Parameter(torch.tensor(2.0, dtype=dt)))
+        assert isinstance(crit.gamma, torch.nn.Parameter)
+        with pytest.raises(ValueError, match="param 'gamma' must be >= 0; found -1.0"):
+            cl.get("focal").torch(gamma=torch.tensor(-1.0, dtype=dt))
+    cl.get("focal").torch(gamma=torch.tensor(2.0, device="meta"))
+    # +inf is >= 0 and > 0; torch accepts delta = inf (then huber is 0.5 * MSE)
+    for name, kw, ref in (
+        ("huber", {"delta": np.inf}, F.huber_loss(x, y, delta=float("inf"))),
+        ("smooth_l1", {"beta": np.inf}, F.smooth_l1_loss(x, y, beta=float("inf"))),
+    ):
+        assert float(cl.get(name)(x, y, **kw)) == pytest.approx(float(ref), rel=1e-12)
+    assert float(F.huber_loss(x, y, delta=float("inf"))) == pytest.approx(
+        float(0.5 * ((x - y) ** 2).mean()), rel=1e-12
+    )
+    poisson_target = cl.define(
+        "nonneg_t", "(x - y)**2", inputs=("x", "y"), domains={"y": "nonnegative"}
+    )
+    poisson_target(np.zeros(2), np.array([1.0, np.inf]), validate=True)
+    # a Fraction is a real number (as for torch's own scalar arguments)
+    got = cl.get("huber")(x, y, delta=fractions.Fraction(3, 2))
+    assert float(got) == pytest.approx(float(F.huber_loss(x, y, delta=1.5)), rel=1e-12)
+    with pytest.raises(ValueError, match=r"param 'delta' must be > 0"):
+        cl.get("huber")(x, y, delta=fractions.Fraction(-1, 2))
+
+
 def test_check_scans_only_params_inside_their_domain():
     from customloss import check
 
