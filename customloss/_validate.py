@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -231,10 +232,8 @@ def check_domain(what: str, values: Any, domain: str, *, indices: bool = False) 
     if indices and v.dtype.kind in "iu":
         return  # class indices
     if v.dtype.kind == "O":  # Fraction, Decimal, ...
-        try:
+        with contextlib.suppress(TypeError, ValueError):  # (then refused just below)
             v = v.astype(np.float64)
-        except (TypeError, ValueError):
-            pass
     if v.dtype.kind not in "biuf":
         raise TypeError(f"{what} must be real numbers; got an array of dtype {v.dtype}")
     with np.errstate(invalid="ignore"):
