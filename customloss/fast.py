@@ -560,6 +560,14 @@ def kernel_callable(
         m = "forked"
     if torch is None or not isinstance(args[0], torch.Tensor):
         return eager
+    if any(
+        isinstance(a, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(a)
+        for a in args
+    ):
+        # under a torch.func transform (vmap, grad, jvp): the eager kernel, which the
+        # transform runs op by op (a compiled runner, or reading a param with .item()
+        # to specialise it, cannot see through a batched tensor)
+        return eager
     sync = m == "sync" or (m != "forked" and getattr(_LOCAL, "sync", False))
     spec = _specialization(kernel, args, torch)
     with _LOCK:

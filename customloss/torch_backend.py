@@ -344,7 +344,9 @@ def _fused_request(*tensors: torch.Tensor | None) -> _Fused | bool:
         return False
     if any(t is not None and t.requires_grad for t in rest):
         return False
-    if torch.compiler.is_compiling() or _functorch_wrapped(first):
+    # any functorch tensor (vmap over the target, a param, ...): no side channel, whose
+    # buffer would belong to a transform level that has exited by backward
+    if torch.compiler.is_compiling() or any(_functorch_wrapped(t) for t in tensors):
         return True
     return _Fused()
 

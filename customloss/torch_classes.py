@@ -423,9 +423,8 @@ def evaluate(
             if p.requires_grad or _has_tangent(p)
         ]
         _validate.check_mean_denominator(loss, learned)
-    fused = _fused_request(prep["x"], prep["weight"], *prep["params"])
-    if prep["mode"] == "prob" and prep["target"].requires_grad:
-        fused = False
+    # (the target too: a probability target needing a gradient, or one under vmap)
+    fused = _fused_request(prep["x"], prep["target"], prep["weight"], *prep["params"])
     args = (
         loss,
         prep["mode"],

@@ -893,6 +893,41 @@ def test_torch_func_transforms_of_cross_entropy_equal_torch():
         vmap(ce)(zs, torch.tensor([0, 3, 1, 4, 0]).reshape(5, 1))
 
 
+def test_vmap_over_the_target_or_a_param_equals_torch():
+    # (session-6 review) vmap over the target while the captured prediction requires
+    # grad, and over a 0-d param (a hyper-parameter sweep), crashed
+    from torch.func import grad, vmap
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, dtype=torch.float64, generator=gen, requires_grad=True)
+    ys = torch.rand(3, 6, dtype=torch.float64, generator=gen)
+    vmap(lambda y: cl.get("mse")(x, y))(ys).sum().backward()
+    ours, x.grad = x.grad, None
+    vmap(lambda y: F.mse_loss(x, y))(ys).sum().backward()
+    torch.testing.assert_close(ours, x.grad)
+    z = torch.randn(4, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    ts = torch.tensor([[0, 2, 1, 1], [2, 2, 0, 1]])
+    vmap(lambda t: cl.get("cross_entropy")(z, t))(ts).sum().backward()
+    ours, z.grad = z.grad, None
+    vmap(lambda t: F.cross_entropy(z, t))(ts).sum().backward()
+    torch.testing.assert_close(ours, z.grad)
+    xd, y = x.detach(), ys[0]
+    gammas = torch.tensor([0.0, 1.0, 2.0, 3.5], dtype=torch.float64)
+    torch.testing.assert_close(
+        vmap(lambda g: cl.get("focal")(xd, y, gamma=g))(gammas),
+        vmap(lambda g: _focal_reference(xd, y, g))(gammas),
+    )
+    deltas = torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(
+        vmap(lambda d: cl.get("huber")(xd, y, delta=d))(deltas),
+        torch.stack([F.huber_loss(xd, y, delta=float(d)) for d in deltas]),
+    )
+    torch.testing.assert_close(
+        vmap(grad(lambda a, g: cl.get("focal")(a, y, gamma=g)), in_dims=(None, 0))(xd, gammas),
+        vmap(grad(lambda a, g: _focal_reference(a, y, g)), in_dims=(None, 0))(xd, gammas),
+    )
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_forward_mode_ad_of_cross_entropy_equals_torch(reduction):
     # torch.func.jvp / hessian (forward over reverse) / forward_ad of the class-axis
