@@ -43,7 +43,16 @@ def _tensors(args: tuple[Any, ...]) -> list[torch.Tensor]:
 
 
 def _wants_grad(tensors: list[torch.Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    """Whether any AD (reverse, forward, a torch.func transform) will differentiate
+    an operation on ``tensors``."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    return any(
+        _functorch_wrapped(t) or torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+        for t in tensors
+    )
 
 
 def _log_mix(*args: torch.Tensor) -> torch.Tensor:
@@ -77,56 +86,100 @@ def _mixture_weight(v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 def _gradients(
-    grad: torch.Tensor, ds: list[Any], args: tuple[torch.Tensor, ...]
+    grad: torch.Tensor, ds: list[Any], args: tuple[torch.Tensor, ...], needs: tuple[bool, ...]
 ) -> tuple[Any, ...]:
     """``grad * d`` per argument (0 where ``grad`` is 0: a where() branch not taken,
-    whose value may be nan), summed to each argument's shape where it needs a grad."""
+    whose value may be nan), summed to each argument's shape where ``needs`` says."""
     unused = grad == 0
     return tuple(
-        _sum_to(torch.where(unused, 0.0, grad * d), a.shape) if a.requires_grad else None
-        for d, a in zip(ds, args, strict=True)
+        _sum_to(torch.where(unused, 0.0, grad * d), a.shape) if need else None
+        for d, a, need in zip(ds, args, needs, strict=True)
     )
+
+
+def _directional(tangents: tuple[Any, ...], ds: list[Any]) -> torch.Tensor | None:
+    """``sum_k d_k t_k`` (forward-mode AD); a zero tangent contributes exactly 0, also
+    where its ``d_k`` is not finite (as :func:`_gradients` does for a zero grad)."""
+    out = None
+    for t, d in zip(tangents, ds, strict=True):
+        if t is None:
+            continue
+        term = torch.where(t == 0, 0.0, d * t)
+        out = term if out is None else out + term
+    return out
 
 
 class _LogMixPT(torch.autograd.Function):
     """``_log_mix_pt`` with the derivatives of ``calculus.LogMixPair``:
-    ``d/dc1 = sigmoid(u)/M``, ``d/dc2 = sigmoid(-u)/M``, ``d/du = (c1 - c2) w``."""
+    ``d/dc1 = sigmoid(u)/M``, ``d/dc2 = sigmoid(-u)/M``, ``d/du = (c1 - c2) w``.
+    In the ``setup_context`` style with ``generate_vmap_rule`` and a ``jvp``, for
+    ``torch.func`` and forward-mode AD (Hessians of a learned param's loss)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, c1: torch.Tensor, c2: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        out = _log_mix_pt(c1, c2, u)
-        ctx.save_for_backward(c1, c2, u, out)
-        return out
+    def forward(c1: torch.Tensor, c2: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return _log_mix_pt(c1, c2, u)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs, output)
+        ctx.save_for_forward(*inputs, output)
+
+    @staticmethod
+    def _derivatives(ctx: Any) -> tuple[list[Any], tuple[torch.Tensor, ...]]:
         c1, c2, u, out = ctx.saved_tensors
         ds = [
             torch.exp(-F.softplus(-u) - out),
             torch.exp(-F.softplus(u) - out),
             (c1 - c2) * _mixture_weight(u, out),
         ]
-        return _gradients(grad, ds, (c1, c2, u))
+        return ds, (c1, c2, u)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        ds, args = _LogMixPT._derivatives(ctx)
+        return _gradients(grad, ds, args, ctx.needs_input_grad)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> torch.Tensor | None:
+        ds, _ = _LogMixPT._derivatives(ctx)
+        return _directional(tangents, ds)
 
 
 class _LogMix(torch.autograd.Function):
     """``_log_mix`` with the derivatives of ``calculus.LogMix``: ``d/dc_k =
     sigmoid(v_k)/M`` and ``d/dv_k = c_k w_k``, in differentiable operations (autograd of
-    ``log c_k`` would be ``0 * inf`` at 0)."""
+    ``log c_k`` would be ``0 * inf`` at 0); ``torch.func``-ready as :class:`_LogMixPT`."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, *args: torch.Tensor) -> torch.Tensor:
-        out = _log_mix(*args)
-        ctx.save_for_backward(*args, out)
-        return out
+    def forward(*args: torch.Tensor) -> torch.Tensor:
+        return _log_mix(*args)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs, output)
+        ctx.save_for_forward(*inputs, output)
+
+    @staticmethod
+    def _derivatives(ctx: Any) -> tuple[list[Any], tuple[torch.Tensor, ...]]:
         *args, out = ctx.saved_tensors
         ds: list[Any] = []
         for c, v in zip(args[::2], args[1::2], strict=True):
             ds += [torch.exp(-F.softplus(-v) - out), c * _mixture_weight(v, out)]
-        return _gradients(grad, ds, tuple(args))
+        return ds, tuple(args)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        ds, args = _LogMix._derivatives(ctx)
+        return _gradients(grad, ds, args, ctx.needs_input_grad)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> torch.Tensor | None:
+        ds, _ = _LogMix._derivatives(ctx)
+        return _directional(tangents, ds)
 
 
 class _TorchOps:
