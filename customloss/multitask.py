@@ -237,7 +237,7 @@ class MultiTask:
                 record = _training_values(losses.values())
             if record:
                 for t in self.tasks:
-                    self._epoch_sum[t] = self._epoch_sum[t] + _detach(losses[t])
+                    self._epoch_sum[t] = self._epoch_sum[t] + _accumulable(losses[t])
                 self._epoch_count += 1
         total = 0.0
         for t in self.tasks:
@@ -279,6 +279,16 @@ def _training_values(values: Any) -> bool:
 
 def _detach(x: Any) -> Any:
     return x.detach() if hasattr(x, "detach") else x
+
+
+def _accumulable(x: Any) -> Any:
+    """``x`` detached, in float64 (float32 on MPS, which has no float64) for an epoch
+    sum kept on the device: a float16 sum stops growing at 2048, a bfloat16 one at 256."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(x, torch.Tensor):
+        return float(x)  # NumPy / Python: a double on the host
+    x = x.detach()
+    return x.to(torch.float32 if x.device.type == "mps" else torch.float64)
 
 
 def multitask(

@@ -834,3 +834,23 @@ class DWAModule(MultiTaskModule):
     def set_extra_state(self, state: Any) -> None:
         """Restore them (:meth:`MultiTask.load_dwa_state`)."""
         self.mt.load_dwa_state(state)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # a checkpoint written before the history was part of the state has no
+        # "_extra_state": it loads (strict too), and the history stays as it is
+        key = prefix + "_extra_state"
+        had = key in state_dict
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if not had and key in missing_keys:
+            missing_keys.remove(key)
