@@ -185,7 +185,15 @@ def _numeric(what: str, value: Any, dtype: np.dtype) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{what} must be numeric, got dtype {arr.dtype}")
-    return arr.astype(dtype, copy=False)
+    with np.errstate(over="ignore", under="ignore"):  # (1e300 is inf in float32, as in torch)
+        return arr.astype(dtype, copy=False)
+
+
+def _fresh(values: Any, dtype: np.dtype) -> np.ndarray:
+    """``values`` as a ``dtype`` array the caller may change in place: a kernel may
+    return a read-only broadcast (``R.expand`` of a constant), which is copied."""
+    out = np.asarray(values).astype(dtype, copy=False)
+    return out if out.flags.writeable else out.copy()
 
 
 def _compute_dtype(p: np.ndarray) -> np.dtype:
@@ -200,7 +208,8 @@ def _prepare(
     cdt = _compute_dtype(p)
     y = _numeric("target", target, cdt)
     _validate.check_same_shape(p.shape, y.shape)
-    args = [p.astype(cdt, copy=False), y]
+    with np.errstate(over="ignore", under="ignore"):
+        args = [p.astype(cdt, copy=False), y]
     for name, value in params.items():
         v = _numeric(f"param {name!r}", value, cdt)
         _validate.check_broadcasts_to(f"param {name!r}", v.shape, p.shape)
@@ -214,7 +223,7 @@ def _prepare(
 
 def _reduce(values: np.ndarray, reduction: str, dtype: np.dtype) -> Any:
     if reduction == "none":
-        return values.astype(dtype, copy=False)
+        return _fresh(values, dtype)
     total = values.sum() if reduction == "sum" else values.mean()
     return np.asarray(total, dtype=dtype)[()]
 
@@ -251,17 +260,17 @@ def gradient(
     """Gradient of the reduced elementwise loss w.r.t. ``wrt`` (see ``Loss.gradient``)."""
     p, args, w, out_dtype = _prepare(loss, input, target, weight, params)
     kernel = loss._kernel("numpy", (wrt,))
+    names = list(loss.inputs) + list(loss.params)
+    shape = np.shape(args[names.index(wrt)])
     with np.errstate(all="ignore"):
         (g,) = kernel.fn(*args)
         if w is not None:
             g = g * w
         if reduction == "mean":
             g = g / max(p.size, 1)
-    names = list(loss.inputs) + list(loss.params)
-    shape = np.shape(args[names.index(wrt)])
-    if reduction != "none" and g.shape != shape:
-        g = _sum_to(g, shape)
-    return np.asarray(g, dtype=out_dtype)
+        if reduction != "none" and g.shape != shape:
+            g = _sum_to(g, shape)
+        return _fresh(g, out_dtype)
 
 
 def _sum_to(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

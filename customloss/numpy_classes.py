@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from customloss import _validate
-from customloss.numpy_backend import _as_float, _compute_dtype, _numeric, _sum_to
+from customloss.numpy_backend import _as_float, _compute_dtype, _fresh, _numeric, _sum_to
 
 if TYPE_CHECKING:
     from customloss.loss import Loss
@@ -114,9 +114,9 @@ def evaluate(
     with np.errstate(all="ignore"):
         values, den = _values(loss, prep)
         if reduction == "none":
-            return values.reshape(prep["sample_shape"]).astype(prep["dtype"], copy=False)
+            return _fresh(values.reshape(prep["sample_shape"]), prep["dtype"])
         total = values.sum() if reduction == "sum" else values.sum() / den
-    return np.asarray(total, dtype=prep["dtype"])[()]
+        return np.asarray(total, dtype=prep["dtype"])[()]
 
 
 def gradient(

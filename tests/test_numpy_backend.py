@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import scipy.special
 
 import customloss as cl
 
@@ -118,3 +121,48 @@ def test_errors():
         HUBERISH(np.zeros(2), np.zeros(2), d="x")
     with pytest.raises(ValueError, match="has no symbol 'z'"):
         HUBERISH.gradient(np.zeros(2), np.zeros(2), wrt="z")
+
+
+# -- found by the session-6 review of the NumPy backend --------------------------------
+def test_none_outputs_and_gradients_are_fresh_writable_arrays():
+    # a constant derivative (R.expand) and the class-axis "none" values were read-only
+    # broadcasts: `g *= lr` raised
+    lin = cl.define("lin_np", "p - y", inputs=("p", "y"))
+    p, y = np.array([0.2, 0.5, 0.9]), np.array([0.0, 1.0, 1.0])
+    g = lin.gradient(p, y, reduction="none")
+    g *= 0.5
+    np.testing.assert_array_equal(g, [0.5, 0.5, 0.5])
+    const = cl.define("const_np", "1 + 0*p*y", inputs=("p", "y"))
+    v = const(p, y, reduction="none")
+    v *= 2
+    np.testing.assert_array_equal(v, [2.0, 2.0, 2.0])
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4, 3))
+    q = scipy.special.softmax(rng.normal(size=(4, 3)), axis=1)
+    for name in ("cross_entropy", "categorical_crossentropy", "poly1", "softmax_focal"):
+        loss = cl.get(name)
+        pred = scipy.special.softmax(z, axis=1) if name == "categorical_crossentropy" else z
+        values = loss(pred, q, reduction="none")
+        expected = values.copy()
+        values *= 0  # in place: allowed, and changes only this result
+        np.testing.assert_array_equal(loss(pred, q, reduction="none"), expected)
+    ce = -(q * scipy.special.log_softmax(z, axis=1)).sum(axis=1)
+    np.testing.assert_allclose(cl.get("cross_entropy")(z, q, reduction="none"), ce, rtol=1e-12)
+
+
+def test_no_floating_point_errors_where_the_result_is_finite():
+    # float16 gradients raised "underflow in cast" under np.errstate(all="raise"), and a
+    # float32 input with huber's delta = 1e300 warned "overflow in cast"
+    x = np.array([-30.0, 0.0, 30.0], np.float16)
+    y = np.array([0.0, 1.0, 1.0], np.float16)
+    bce = cl.get("bce_with_logits")
+    with np.errstate(all="raise"):
+        g = bce.gradient(x, y, reduction="none")
+    expected = (scipy.special.expit(x.astype(np.float64)) - y) / 1.0
+    np.testing.assert_allclose(g.astype(np.float64), expected, atol=1e-3)
+    assert g.dtype == np.float16
+    p32 = np.array([0.1, 2.0], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = cl.get("huber")(p32, np.zeros(2, np.float32), delta=1e300, reduction="none")
+    np.testing.assert_allclose(got, 0.5 * p32.astype(np.float64) ** 2, rtol=1e-6)
