@@ -31,7 +31,7 @@ chain-rule factor, is handled by the printers' safe power (see :mod:`customloss.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import mpmath
@@ -912,6 +912,66 @@ def simplify_reductions(expr: sympy.Expr, per_class: Iterable[sympy.Symbol]) -> 
         return sympy.Add(*terms)
 
     return expr.replace(lambda e: isinstance(e, CSum), rule)
+
+
+def shift_by_class_max(
+    outputs: Sequence[tuple[str, sympy.Expr]],
+    z: sympy.Symbol,
+    z_target: sympy.Symbol | None,
+    per_class: Iterable[sympy.Symbol],
+) -> tuple[list[tuple[str, sympy.Expr]], sympy.Symbol, sympy.Symbol] | None:
+    """The outputs in terms of ``z - max_c z``, where that is exact: ``None`` otherwise.
+
+    Float32 ``z_y - clogsumexp(z)`` cancels two numbers of size ``|z|`` (the
+    log-sum-exp is ``m + log S``): at logits near 1e4 the cross-entropy lost four
+    digits, where ``F.cross_entropy`` computes ``(z_y - m) - log S``.  Here ``z`` is
+    replaced by ``zs + M`` (``M``: a per-sample symbol), ``M`` is pulled out of
+    ``clogsumexp``/``cmax`` (``clogsumexp(u + M) = M + clogsumexp(u)``), and where SymPy's
+    sums then cancel every ``M`` the outputs depend on ``zs`` alone: the identity
+    ``f(z) = g(z - M)`` holds for *any* ``M``, so the kernel may use the class max.
+    Where an ``M`` survives (a loss that is not shift-invariant, or not visibly so)
+    nothing changes.
+
+    Returns:
+        ``(outputs, zs, zs_target)``: the rewritten outputs, the symbol for the shifted
+        prediction, and the one for it at the target class (index targets).
+    """
+    M = sympy.Dummy("zmax", real=True)
+    zs = sympy.Symbol(f"{z.name}@shifted", real=True)
+    zs_t = sympy.Symbol(f"{z.name}@shifted@target", real=True)
+    per_class = (set(per_class) - {z}) | {zs}
+    sub = {z: zs + M}
+    if z_target is not None:
+        sub[z_target] = zs_t + M
+    memo: dict[sympy.Basic, sympy.Basic] = {}
+
+    def rebuild(e: sympy.Basic) -> sympy.Basic:
+        hit = memo.get(e)
+        if hit is not None:
+            return hit
+        out = e
+        if e.args:
+            args = [rebuild(a) for a in e.args]
+            if any(a is not b for a, b in zip(args, e.args, strict=True)):
+                out = e.func(*args)
+            if isinstance(out, (CLogSumExp, CMax)):
+                terms = sympy.Add.make_args(out.args[0])
+                moved = [
+                    t for t in terms if t.has(M) and not per_class_outside_reductions(t, per_class)
+                ]
+                if moved:
+                    kept = [t for t in terms if t not in moved]
+                    out = sympy.Add(*moved) + out.func(sympy.Add(*kept))
+        memo[e] = out
+        return out
+
+    shifted = []
+    for label, e in outputs:
+        new = rebuild(e.xreplace(sub))
+        if new.has(M):
+            return None
+        shifted.append((label, new))
+    return shifted, zs, zs_t
 
 
 def _rule_class(e: sympy.Basic) -> sympy.Basic:

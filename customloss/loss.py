@@ -513,16 +513,30 @@ class Loss:
                     shapes.append(shape)
             if zeros and any(e.has(*_singular()) for _, e in outs):
                 return self._class_kernel(backend, mode, wrt, value)
+            gathers = mode == "index" and self._index_gathers()
+            gathered = self._gathered()
+            # in terms of z - max_c z where that is exact (float32 precision of the
+            # softmax family at large logits; see calculus.shift_by_class_max)
+            shift = calculus.shift_by_class_max(
+                outs,
+                z,
+                gathered.get(z) if gathers else None,
+                [self._symbols[n] for n in self.per_class],
+            )
             prelude = []
+            if shift is not None:
+                outs, zs, zs_target = shift
+                prelude.append((zs, "cshift", [z]))
+                gathered = {**gathered, zs: zs_target}
+            used = set().union(*(e.free_symbols for _, e in outs))
             if mode == "index":
                 idx = sympy.Symbol("target@index", real=True)
                 args = [z, idx, *params]
-                used = set().union(*(e.free_symbols for _, e in outs))
-                if not self._index_gathers():
+                if not gathers:
                     prelude.append((y, "onehot", [idx, z]))
-                for s, g in self._gathered().items():
+                for s, g in gathered.items():
                     if g in used:
-                        op = "gather" if s == z else "take"
+                        op = "gather" if s in (z, shift and shift[1]) else "take"
                         prelude.append((g, op, [s, idx]))
             else:
                 args = [z, y, *params]

@@ -139,6 +139,12 @@ class _NumpyOps:
         return x.sum(axis=1, keepdims=True)
 
     @staticmethod
+    def cshift(x: Any) -> Any:
+        """``x`` minus its finite class max (see the Torch runtime's ``cshift``)."""
+        m = np.max(x, axis=1, keepdims=True)
+        return x - np.where(np.isfinite(m), m, 0.0)
+
+    @staticmethod
     def clogsumexp(x: Any, ref: Any) -> Any:
         m = np.max(x, axis=1, keepdims=True)
         m = np.where(np.isfinite(m), m, 0.0)

@@ -316,6 +316,13 @@ class _TorchOps:
         return value if value.shape == shape else value.expand(shape)
 
     @staticmethod
+    def cshift(x: torch.Tensor) -> torch.Tensor:
+        """``x`` minus its finite class max (what ``clogsumexp`` subtracts), a constant:
+        the kernels using it are shift-invariant (``calculus.shift_by_class_max``)."""
+        m = torch.amax(x, dim=1, keepdim=True).detach()
+        return x - torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+    @staticmethod
     def csum(x: Any, ref: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.shape[1:2] != ref.shape[1:2]:
             return x * ref.shape[1]

@@ -262,3 +262,40 @@ def test_multi_label_bce_written_with_p_t_is_stable_on_the_class_axis() -> None:
         ref.backward()
         torch.testing.assert_close(value, ref.detach())
         torch.testing.assert_close(z.grad, zr.grad)
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0, 1000.0, 1e4])
+def test_float32_softmax_losses_keep_their_precision_at_large_logits(offset):
+    # (session-6 review) z_y - clogsumexp(z) cancelled two numbers of size |z|: at a
+    # common logit offset of 1e4 float32 cross-entropy was off by 4e-4 relative, where
+    # F.cross_entropy computes (z_y - m) - log S. Reference: SciPy in float64 at the
+    # same float32 inputs.
+    import scipy.special
+
+    rng = np.random.default_rng(0)
+    z = (rng.normal(size=(64, 10)) + offset).astype(np.float32)
+    idx = rng.integers(0, 10, 64)
+    q = scipy.special.softmax(rng.normal(size=(64, 10)), axis=1).astype(np.float32)
+    logp = scipy.special.log_softmax(z.astype(np.float64), axis=1)
+    p = np.exp(logp)
+    ce_idx = -logp[np.arange(64), idx]
+    ce_prob = -(q * logp).sum(axis=1)
+    g_idx = p.copy()
+    g_idx[np.arange(64), idx] -= 1
+    g_prob = p * q.sum(axis=1, keepdims=True) - q
+    p_t = p[np.arange(64), idx]
+    focal = (1 - p_t) ** 2 * ce_idx  # softmax focal loss (Lin et al.), gamma 2, alpha 1
+    ce, sf = cl.get("cross_entropy"), cl.get("softmax_focal")
+    for backend in (np.asarray, torch.from_numpy):
+        zz, ii, qq = backend(z), backend(idx), backend(q)
+        for got, ref in (
+            (ce(zz, ii, reduction="none"), ce_idx),
+            (ce(zz, qq, reduction="none"), ce_prob),
+            (sf(zz, ii, reduction="none"), focal),
+        ):
+            np.testing.assert_allclose(np.asarray(got, dtype=np.float64), ref, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(ce.gradient(z, idx, reduction="sum"), g_idx, rtol=0, atol=2e-7)
+    np.testing.assert_allclose(ce.gradient(z, q, reduction="sum"), g_prob, rtol=0, atol=2e-7)
+    x = torch.from_numpy(z).requires_grad_(True)
+    ce(x, torch.from_numpy(idx), reduction="sum").backward()
+    np.testing.assert_allclose(x.grad.numpy(), g_idx, rtol=0, atol=2e-7)
