@@ -99,6 +99,11 @@ def class_axis(
     if isinstance(cd, bool) or not isinstance(cd, int) or not -nd <= cd < nd:
         raise ValueError(f"class_dim={class_dim!r} is out of range for an input with {nd} dims")
     cd %= nd
+    if shape[cd] == 0:
+        raise ValueError(
+            f"loss {loss_name!r}: the input has no classes (size 0 along class_dim {cd}, "
+            f"shape {shape})"
+        )
     sample = shape[:cd] + shape[cd + 1 :]
     moved = (1, shape[0]) if nd == 1 else (sample[0], shape[cd], *sample[1:])
     keep = (moved[0], 1, *moved[2:])
@@ -116,8 +121,19 @@ def check_index_target(
         )
 
 
-def check_probability_target(input_shape: Sequence[int], target_shape: Sequence[int]) -> None:
-    """Probability targets have the input's shape."""
+def check_probability_target(
+    input_shape: Sequence[int],
+    target_shape: Sequence[int],
+    sample_shape: Sequence[int] | None = None,
+) -> None:
+    """Probability targets (a floating or bool target) have the input's shape."""
+    if sample_shape is not None and tuple(target_shape) == tuple(sample_shape):
+        raise ValueError(
+            f"target has the shape of class indices {tuple(target_shape)} (the input "
+            f"shape {tuple(input_shape)} without the class axis) but a floating-point or "
+            "bool dtype, which means probabilities; give class indices as integers "
+            "(e.g. target.long() or target.astype(np.int64))"
+        )
     if tuple(target_shape) != tuple(input_shape):
         raise ValueError(
             f"input and target must have the same shape (probability targets) or the "

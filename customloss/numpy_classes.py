@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from customloss import _validate
-from customloss.numpy_backend import _as_float, _compute_dtype, _fresh, _numeric, _sum_to
+from customloss.numpy_backend import (
+    _array,
+    _as_float,
+    _compute_dtype,
+    _fresh,
+    _numeric,
+    _sum_to,
+)
 
 if TYPE_CHECKING:
     from customloss.loss import Loss
@@ -34,7 +41,7 @@ def _prepare(
     cdt = _compute_dtype(p)
     x = (p[None] if nd == 1 else np.moveaxis(p, cd, 1)).astype(cdt, copy=False)
     n_classes = x.shape[1]
-    t = np.asarray(target)
+    t = _array("target", target)
     valid = None
     if t.dtype.kind in "iu":
         _validate.check_index_target(p.shape, cd, sample_shape, t.shape)
@@ -46,7 +53,7 @@ def _prepare(
         tgt = np.where(valid, idx, 0)
         mode = "index"
     elif t.dtype.kind in "fb":
-        _validate.check_probability_target(p.shape, t.shape)
+        _validate.check_probability_target(p.shape, t.shape, sample_shape)
         tgt = (t[None] if nd == 1 else np.moveaxis(t, cd, 1)).astype(cdt, copy=False)
         mode = "prob"
     else:

@@ -166,3 +166,47 @@ def test_no_floating_point_errors_where_the_result_is_finite():
         warnings.simplefilter("error")
         got = cl.get("huber")(p32, np.zeros(2, np.float32), delta=1e300, reduction="none")
     np.testing.assert_allclose(got, 0.5 * p32.astype(np.float64) ** 2, rtol=1e-6)
+
+
+def test_masked_ragged_and_label_mistakes_get_errors_naming_the_argument():
+    mse = cl.get("mse")
+    data = np.ma.masked_array([1.0, 2.0, 100.0], mask=[False, False, True])
+    with pytest.raises(TypeError, match="input is a masked array: the loss would ignore its mask"):
+        mse(data, np.zeros(3))
+    with pytest.raises(TypeError, match="target is a masked array"):
+        mse(np.zeros(3), data)
+    with pytest.raises(TypeError, match="weight is a masked array"):
+        mse(np.zeros(3), np.zeros(3), weight=data)
+    with pytest.raises(ValueError, match="target is not an array of numbers"):
+        mse(np.zeros(2), [[1.0], [1.0, 2.0]])
+    ce = cl.get("cross_entropy")
+    z = np.zeros((3, 4))
+    for labels in (np.array([0.0, 2.0, 1.0]), np.array([True, False, True])):
+        with pytest.raises(ValueError, match=r"target has the shape of class indices \(3,\)"):
+            ce(z, labels)
+    import torch
+
+    with pytest.raises(ValueError, match=r"target has the shape of class indices \(3,\)"):
+        ce(torch.zeros(3, 4), torch.tensor([0.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match=r"the input has no classes \(size 0 along class_dim 1"):
+        ce(np.zeros((2, 0)), np.zeros((2, 0)))
+    with pytest.raises(ValueError, match=r"the input has no classes"):
+        ce(torch.zeros(2, 0), torch.zeros(2, dtype=torch.long))
+
+
+def test_erf_losses_equal_scipy_in_every_float_dtype():
+    import sympy
+
+    @cl.loss("erf_np")
+    def loss(p, y):
+        return sympy.erf(p - y) ** 2
+
+    rng = np.random.default_rng(1)
+    p, y = rng.normal(size=50), rng.normal(size=50)
+    for dt in (np.float16, np.float32, np.float64, np.longdouble):
+        got = loss(p.astype(dt), y.astype(dt), reduction="none")
+        assert got.dtype == dt
+        p64, y64 = p.astype(dt).astype(np.float64), y.astype(dt).astype(np.float64)
+        ref = scipy.special.erf(p64 - y64) ** 2
+        tol = {np.float16: 2e-3, np.float32: 1e-6}.get(dt, 1e-14)
+        np.testing.assert_allclose(got.astype(np.float64), ref, rtol=tol, atol=tol)
