@@ -254,12 +254,27 @@ def _after_fork() -> None:
     belong to the parent: a compile started in the child waits for them forever.  So
     the child keeps the kernels that were ready, runs everything else eagerly, and
     marks the compiles that were queued or running as skipped (``wait()`` returns).
+    A parent that never compiled (no compile thread, Inductor's compile machinery never
+    loaded: a launcher that only imported customloss) leaves the child free to compile.
     """
     global _LOCK, _QUEUE, _WORKER, _LOCAL, _FORKED
+    compiled_before = (
+        _WORKER is not None
+        or any(e.state != COLD for e in _ENTRIES.values())
+        or "torch._inductor.async_compile" in sys.modules
+    )
     _LOCK = threading.RLock()
     _QUEUE = queue.Queue()
     _WORKER = None
     _LOCAL = threading.local()
+    torch = sys.modules.get("torch")
+    compiler = getattr(torch, "compiler", None)
+    if getattr(compiler, "_is_compiling_flag", False):
+        # set process-wide by a compile that was running in another thread of the
+        # parent; no thread of the child is compiling
+        compiler._is_compiling_flag = False
+    if not compiled_before:
+        return
     _FORKED = True
     for e in _ENTRIES.values():
         if e.state in (COLD, QUEUED, COMPILING):
@@ -274,8 +289,27 @@ if hasattr(os, "register_at_fork"):
 
 
 def _is_compiling(torch: Any) -> bool:
+    """Whether *this thread* is being traced (torch.compile, AOTAutograd, export).
+
+    ``torch.compiler.is_compiling()`` alone reads a process-wide flag (torch 2.13): while
+    our background compile runs, the training thread would take the traced branches
+    (the review saw index errors turn into async asserts and compiled kernels skipped).
+    Dynamo folds ``is_dynamo_compiling()`` to True inside a trace; other tracing (the
+    AOTAutograd pass over a backward) runs under a ``TracingContext``, which is
+    thread-local.
+    """
     compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
+    if compiler is None:
+        return False
+    dynamo = getattr(compiler, "is_dynamo_compiling", None)
+    if dynamo is not None and dynamo():
+        return True
+    if not compiler.is_compiling():
+        return False
+    context = getattr(
+        getattr(getattr(torch, "_guards", None), "TracingContext", None), "try_get", None
+    )
+    return context is None or context() is not None
 
 
 def _specialization(

@@ -20,6 +20,7 @@ import torch
 
 from customloss import _validate, fast
 from customloss.torch_backend import (
+    _apply,
     _as_tensor,
     _autocast_float32,
     _compute_dtype,
@@ -28,10 +29,12 @@ from customloss.torch_backend import (
     _functorch_wrapped,
     _Fused,
     _fused_request,
+    _no_forward_ad,
     _owned,
     _scalable_in_place,
     _sum_to,
     _target_tensor,
+    _tracing,
 )
 
 if TYPE_CHECKING:
@@ -65,7 +68,7 @@ def _prepare(
         # have no values to check (nor to be wrong), and take the masked path
         if idx.device.type == "meta":
             any_bad, any_ignored = False, True
-        elif torch.compiler.is_compiling():
+        elif _tracing():
             # traced by the user's torch.compile: no read-back (a graph break); an
             # asynchronous assert, as torch's own cross_entropy on a GPU, and the
             # masked path, which is right whether or not anything is ignored
@@ -389,7 +392,7 @@ def _denominator_params(loss: Loss) -> frozenset[str]:
 
 def _has_tangent(t: torch.Tensor) -> bool:
     """Whether ``t`` is a forward-mode dual tensor (``torch.autograd.forward_ad``)."""
-    if torch.compiler.is_compiling():
+    if _no_forward_ad() or _tracing():
         return False
     return torch.autograd.forward_ad.unpack_dual(t).tangent is not None
 
@@ -438,9 +441,11 @@ def evaluate(
         prep["target"],
         *prep["params"],
     )
-    if not _differentiable(prep["x"], prep["target"], prep["weight"], *prep["params"]):
-        out, _ = ClassLossFunction.forward(*args)  # (see torch_backend.evaluate)
+    tensors = (prep["x"], prep["target"], prep["weight"], *prep["params"])
+    if not _differentiable(*tensors):
+        with torch.no_grad():
+            out, _ = ClassLossFunction.forward(*args)  # (see torch_backend.evaluate)
     else:
-        function = ClassLossFunction if torch.compiler.is_compiling() else _ClassLossFunctionJVP
-        out, _ = function.apply(*args)
+        function = ClassLossFunction if _tracing() else _ClassLossFunctionJVP
+        out, _ = _apply(function, args, tensors)
     return out

@@ -321,10 +321,36 @@ def test_inside_a_user_compile_region_the_eager_kernel_is_returned(
     monkeypatch: pytest.MonkeyPatch, fake_compile: list[Any]
 ) -> None:
     monkeypatch.setenv(fast.ENV_SWITCH, "1")
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch.compiler, "is_dynamo_compiling", lambda: True)
     k = _kernel()
     assert fast.kernel_callable(k, _args(10)) is k.fn
     assert fake_compile == [] and fast.status() == []
+
+
+def test_another_threads_compile_is_not_a_trace_of_this_thread(
+    monkeypatch: pytest.MonkeyPatch, fake_compile: list[Any]
+) -> None:
+    # (session-6 review) torch.compiler.is_compiling() reads a process-wide flag that
+    # our own background compile sets: the training thread took the traced branches
+    # (an out-of-range class index became an async assert, compiled kernels skipped)
+    monkeypatch.setenv(fast.ENV_SWITCH, "1")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch._guards.TracingContext.try_get() is None
+    assert not fast._is_compiling(torch)
+    k = _kernel()
+    fast.kernel_callable(k, _args(10))
+    assert len(fake_compile) == 1  # the ordinary path: queued for a compile
+    ce = cl.get("cross_entropy")
+    with pytest.raises(ValueError, match=r"class index 3 outside \[0, 3\)"):
+        ce(torch.randn(2, 3), torch.tensor([0, 3]))
+    import torch.autograd.forward_ad as fwad
+
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(4, dtype=torch.float64)
+    with fwad.dual_level():
+        out = cl.get("mse")(fwad.make_dual(x, torch.ones(4, dtype=torch.float64)), y)
+        tangent = fwad.unpack_dual(out).tangent
+    torch.testing.assert_close(tangent, (2 * (x - y)).mean().detach())
 
 
 def test_concurrent_calls_queue_one_compile_and_count_every_call(
@@ -652,6 +678,66 @@ def test_a_forked_child_uses_ready_kernels_and_compiles_nothing(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "child [True, True, True, True, True, True]" in out.stdout
     assert out.stdout.strip().endswith("exit 0")
+
+
+_FORK_UNCOMPILED_SCRIPT = r"""
+import os
+os.environ["CUSTOMLOSS_COMPILE"] = "1"
+import torch
+import customloss as cl
+from customloss import fast
+
+queued = []
+fast._enqueue = lambda entry: (setattr(entry, "state", fast.QUEUED), queued.append(entry))
+mse = cl.get("mse")
+# another thread of the parent compiling at the fork (the flag is process-wide)
+torch.compiler._is_compiling_flag = True
+pid = os.fork()
+if pid == 0:
+    ok = [not fast._FORKED, not torch.compiler.is_compiling()]
+    mse(torch.randn(8, requires_grad=True), torch.randn(8)).backward()
+    ok.append(len(queued) == 1)  # the child compiles: its parent never did
+    print("child", ok, flush=True)
+    os._exit(0 if all(ok) else 1)
+_, status = os.waitpid(pid, 0)
+print("exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_of_a_parent_that_never_compiled_may_compile(tmp_path):
+    # (session-6 review) any child of a process that merely imported customloss never
+    # compiled, and a fork during a compile left the process-wide flag set in the child
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork2.py"
+    script.write_text(_FORK_UNCOMPILED_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "child [True, True, True]" in out.stdout
+    assert out.stdout.strip().endswith("exit 0")
+
+
+def test_evaluation_with_and_without_no_grad_shares_one_kernel(
+    monkeypatch: pytest.MonkeyPatch, fake_compile: list[Any]
+) -> None:
+    # (session-6 review) the direct forward for inputs needing no gradient ran with the
+    # caller's grad mode, so compile_ahead's evaluation kernel (grad off) did not serve
+    # an evaluation call with grad on, nor the reverse: a second, cold signature
+    monkeypatch.setenv(fast.ENV_SWITCH, "1")
+    x, y = torch.randn(64), torch.randn(64)
+    ce = cl.get("cross_entropy")
+    z, t = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    MSE(x, y)
+    ce(z, t)
+    with torch.no_grad():
+        MSE(x, y)
+        ce(z, t)
+    with torch.inference_mode():
+        MSE(x, y)
+        ce(z, t)
+    assert len(fake_compile) == 2
+    torch.testing.assert_close(MSE(x, y), F.mse_loss(x, y))
 
 
 def _compile_inputs(loss: cl.Loss) -> tuple[Any, Any, dict[str, Any]]:
