@@ -190,6 +190,8 @@ _NAMED_INTERVALS = {
     "nonnegative": (0.0, float("inf"), True, True),
     "positive": (0.0, float("inf"), False, True),
 }
+#: interval strings parsed so far (a dict lookup that torch.compile can trace)
+_PARSED: dict[str, tuple[float, float, bool, bool]] = {}
 _INTERVAL_RE = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])\s*$")
 
 
@@ -206,6 +208,8 @@ def domain_interval(domain: str) -> tuple[float, float, bool, bool] | None:
         return _NAMED_INTERVALS[domain]
     if domain in DOMAINS:
         return None
+    if domain in _PARSED:
+        return _PARSED[domain]
     m = _INTERVAL_RE.match(domain) if isinstance(domain, str) else None
     if m:
         try:
@@ -214,7 +218,8 @@ def domain_interval(domain: str) -> tuple[float, float, bool, bool] | None:
             m = None
         else:
             if not (lo != lo or hi != hi or lo > hi):
-                return lo, hi, m[1] == "[", m[4] == "]"
+                _PARSED[domain] = lo, hi, m[1] == "[", m[4] == "]"
+                return _PARSED[domain]
     raise ValueError(
         f"unknown domain {domain!r}; valid: {', '.join(DOMAINS)}, or an interval "
         "such as '[0, 1)' or '(0, inf)'"
@@ -290,7 +295,26 @@ def check_param_domains(
         domain = domains.get(name)
         if domain is None or value is None or (hasattr(value, "detach") and not tensors):
             continue
+        if type(value) in (int, float) and _number_inside(value, domain):
+            # (the common case in pure Python, which torch.compile(fullgraph=True)
+            # traces: NumPy's dtype checks below it cannot)
+            continue
         check_domain(f"loss {loss_name!r}: param {name!r}", value, domain)
+
+
+def _number_inside(v: float, domain: str) -> bool:
+    """Whether the Python number ``v`` lies in ``domain`` (NaN counts as inside)."""
+    if domain == "binary":
+        return v in (0, 1) or v != v
+    if domain == "sign":
+        return v in (-1, 1) or v != v
+    interval = _NAMED_INTERVALS.get(domain) or _PARSED.get(domain) or domain_interval(domain)
+    if interval is None:
+        return False
+    lo, hi, lo_closed, hi_closed = interval
+    above = v >= lo if lo_closed else v > lo
+    below = v <= hi if hi_closed else v < hi
+    return (above and below) or v != v
 
 
 def check_sample_weight(shape: Sequence[int], sample_shape: Sequence[int]) -> None:

@@ -597,14 +597,26 @@ def _param_sets(loss: Loss, values: Mapping[str, Iterable[float]] | None) -> lis
     candidates: dict[str, list[float]] = {}
     for name, default in loss.params.items():
         extra: list[float] = []
-        if default is None:  # required: scan the candidates, start from 1
-            start = 1.0
+        domain = loss.domains.get(name)
+        if default is None:  # required: scan the candidates, start from 1 (or the first
+            # value inside the declared domain; none inside: the domain's own words)
+            inside = [
+                v
+                for v in (*values.get(name, ()), 1.0, *PARAM_VALUES)
+                if domain is None or _validate.in_domain(float(v), domain)
+            ]
+            if not inside:
+                raise ValueError(
+                    f"check(): no value to try for the required param {name!r} "
+                    f"({_validate.describe_domain(domain)}); give some with "
+                    f"params={{{name!r}: [...]}}"
+                )
+            start = float(inside[0])
         elif isinstance(default, tuple):  # a per-class vector: scan its entries as scalars
             start, extra = default[0], list(default[1:])
         else:
             start = float(default)
         base[name] = start
-        domain = loss.domains.get(name)
         if name in values:
             chosen = [float(v) for v in values[name]]
             if domain is not None:  # asked for explicitly: refused, naming the value

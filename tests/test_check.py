@@ -487,3 +487,30 @@ def test_max_problems_bounds_the_work() -> None:
     report = check(naive, dtypes=["float32"], max_problems=3)
     assert len(report.problems) == 3 and report.stopped
     assert "stopped at max_problems" in report.summary()
+
+
+def test_a_required_params_scan_starts_inside_its_domain() -> None:
+    # (session-6 review) a required param started at 1.0 whatever its domain: every
+    # result of check() was the domain refusal, not a defect of the loss
+    from customloss import check
+
+    student = cl.define(
+        "student_chk",
+        "log(1 + (p - y)**2 / nu)",
+        inputs=("p", "y"),
+        params={"nu": None},
+        domains={"nu": "(2, inf)"},
+    )
+    sets = check._param_sets(student, None)
+    assert sets and all(s["nu"] > 2 for s in sets)
+    assert sets[0]["nu"] == min(v for v in check.PARAM_VALUES if v > 2)
+    assert check._param_sets(student, {"nu": [3.0]})[0]["nu"] == 3.0
+    narrow = cl.define(
+        "narrow_chk",
+        "k*(p - y)**2",
+        inputs=("p", "y"),
+        params={"k": None},
+        domains={"k": "(1e9, 2e9)"},
+    )
+    with pytest.raises(ValueError, match=r"no value to try for the required param 'k'"):
+        check._param_sets(narrow, None)

@@ -843,6 +843,40 @@ def test_a_learned_param_compiles_as_one_graph(no_kernels_yet):
     torch.testing.assert_close(dgamma, eg.to(dgamma.dtype))
 
 
+def test_per_call_params_compile_as_one_graph(no_kernels_yet):
+    # (session-6 review) a number param given per call went through NumPy's domain
+    # check, which Dynamo cannot trace; a prepared loss called as a function
+    import torch
+
+    focal, ce = cl.get("focal").prepare(), cl.get("cross_entropy").prepare()
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(16, generator=gen), torch.rand(16, generator=gen).round()
+    z, t = torch.randn(8, 4, generator=gen), torch.randint(0, 4, (8,), generator=gen)
+
+    def step(x, z):
+        return focal(x, y, gamma=3.0, alpha=0.5) + ce(z, t, label_smoothing=0.1)
+
+    def reference(x, z):
+        p = torch.sigmoid(x)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none")
+        p_t = p * y + (1 - p) * (1 - y)
+        fl = ((0.5 * y + 0.5 * (1 - y)) * bce * (1 - p_t) ** 3).mean()
+        return fl + torch.nn.functional.cross_entropy(z, t, label_smoothing=0.1)
+
+    torch._dynamo.reset()
+    xs, zs = x.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    value = torch.compile(step, backend="eager", fullgraph=True)(xs, zs)
+    gx, gz = torch.autograd.grad(value, (xs, zs))
+    xr, zr = x.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    expected = reference(xr, zr)
+    ex, ez = torch.autograd.grad(expected, (xr, zr))
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(gx, ex)
+    torch.testing.assert_close(gz, ez)
+    with pytest.raises(ValueError, match="param 'gamma' must be >= 0"):
+        focal(x, y, gamma=-1.0)
+
+
 def test_prepare_names_an_unknown_param():
     with pytest.raises(ValueError, match="prepare.*'nope'"):
         cl.get("focal").prepare(wrt=["nope"])
