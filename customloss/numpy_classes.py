@@ -70,10 +70,18 @@ def _prepare(
         w = _numeric("weight", weight, cdt)
         _validate.check_sample_weight(w.shape, sample_shape)
         w = np.broadcast_to(w, sample_shape).reshape(keep)
+    # params given as the plain number 0: the kernels specialise to them, as in the Torch
+    # backend (a NaN class weight then stays in its own class's samples)
+    zeros = frozenset(
+        n
+        for n, v in params.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+    )
     return {
         "x": x,
         "target": tgt,
         "mode": mode,
+        "zeros": zeros,
         "valid": valid,
         "weight": w,
         "params": ps,
@@ -87,7 +95,7 @@ def _prepare(
 
 def _values(loss: Loss, prep: dict[str, Any]) -> tuple[np.ndarray, Any]:
     mode = prep["mode"]
-    kernel = loss._class_kernel("numpy", mode, (), True)
+    kernel = loss._class_kernel("numpy", mode, (), True, prep["zeros"])
     outs = kernel.fn(prep["x"], prep["target"], *prep["params"])
     values = outs[0]
     valid = prep["valid"]
@@ -165,7 +173,8 @@ def gradient(
             # stand-in target class is inf/nan (0 * inf would be nan)
             return a if valid is None else np.where(valid, a, 0.0)
 
-        outs = list(loss._class_kernel("numpy", mode, (wrt,), False).fn(x, tgt, *ps))
+        kernel = loss._class_kernel("numpy", mode, (wrt,), False, prep["zeros"])
+        outs = list(kernel.fn(x, tgt, *ps))
         names = [*loss.inputs, *loss.params]
         arg = (x, tgt, *ps)[names.index(wrt)]
         d = outs.pop(0)

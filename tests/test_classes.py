@@ -299,3 +299,22 @@ def test_float32_softmax_losses_keep_their_precision_at_large_logits(offset):
     x = torch.from_numpy(z).requires_grad_(True)
     ce(x, torch.from_numpy(idx), reduction="sum").backward()
     np.testing.assert_allclose(x.grad.numpy(), g_idx, rtol=0, atol=2e-7)
+
+
+def test_a_nan_class_weight_stays_in_its_own_classs_samples():
+    # (session-6 review) in the NumPy backend a NaN weight of class 0 made every
+    # sample's cross-entropy NaN (0 * NaN in the label-smoothing term); as in torch
+    # only the samples of class 0 are NaN
+    rng = np.random.default_rng(0)
+    z, idx = rng.normal(size=(4, 3)), np.array([0, 1, 2, 1])
+    w = np.array([np.nan, 1.0, 2.0])
+    ref = F.cross_entropy(
+        torch.tensor(z), torch.tensor(idx), weight=torch.tensor(w), reduction="none"
+    ).numpy()
+    ce = cl.get("cross_entropy")
+    for backend in (np.asarray, torch.tensor):
+        got = np.asarray(ce(backend(z), backend(idx), class_weight=backend(w), reduction="none"))
+        np.testing.assert_allclose(got, ref, rtol=1e-12)
+        assert np.isnan(got[0]) and np.isfinite(got[1:]).all()
+    g = ce.gradient(z, idx, class_weight=w, reduction="sum")
+    assert np.isnan(g[0]).all() and np.isfinite(g[1:]).all()
