@@ -954,6 +954,12 @@ def shift_by_class_max(
             args = [rebuild(a) for a in e.args]
             if any(a is not b for a, b in zip(args, e.args, strict=True)):
                 out = e.func(*args)
+            if isinstance(out, sympy.Mul) and any(
+                isinstance(f, sympy.Add) and f.has(M) for f in out.args
+            ):
+                # s*(zs + M - d) -> s*zs + s*M - s*d: the M terms can meet their
+                # counterparts (a scale such as LDAM's s)
+                out = sympy.expand_mul(out)
             if isinstance(out, (CLogSumExp, CMax)):
                 terms = sympy.Add.make_args(out.args[0])
                 moved = [

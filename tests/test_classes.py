@@ -285,13 +285,22 @@ def test_float32_softmax_losses_keep_their_precision_at_large_logits(offset):
     g_prob = p * q.sum(axis=1, keepdims=True) - q
     p_t = p[np.arange(64), idx]
     focal = (1 - p_t) ** 2 * ce_idx  # softmax focal loss (Lin et al.), gamma 2, alpha 1
-    ce, sf = cl.get("cross_entropy"), cl.get("softmax_focal")
+    # LDAM (Cao et al. 2019): cross-entropy of s * (z - margin at the target class),
+    # margins max_margin * n_j^(-1/4) / max_j n_j^(-1/4); s = 30 scales the logits
+    counts = np.array([100.0, 50, 20, 10, 5, 4, 3, 2, 2, 1])
+    margins = counts**-0.25
+    margins = 0.5 * margins / margins.max()
+    shifted = z.astype(np.float64)
+    shifted[np.arange(64), idx] -= margins[idx]
+    ldam = -scipy.special.log_softmax(30 * shifted, axis=1)[np.arange(64), idx]
+    ce, sf, ld = cl.get("cross_entropy"), cl.get("softmax_focal"), cl.get("ldam")
     for backend in (np.asarray, torch.from_numpy):
         zz, ii, qq = backend(z), backend(idx), backend(q)
         for got, ref in (
             (ce(zz, ii, reduction="none"), ce_idx),
             (ce(zz, qq, reduction="none"), ce_prob),
             (sf(zz, ii, reduction="none"), focal),
+            (ld(zz, ii, counts=backend(counts), reduction="none"), ldam),
         ):
             np.testing.assert_allclose(np.asarray(got, dtype=np.float64), ref, rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(ce.gradient(z, idx, reduction="sum"), g_idx, rtol=0, atol=2e-7)
