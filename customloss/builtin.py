@@ -88,7 +88,7 @@ def huber(p, y, delta):
     r"""Huber loss: quadratic near zero, linear (slope ``delta``) beyond ``|r| = delta``.
 
     .. math::
-        \ell = \tfrac12 r^2 \text{ if } |r| \le \delta, \quad
+        \ell = \tfrac12 r^2 \text{ if } |r| < \delta, \quad
         \delta (|r| - \tfrac12 \delta) \text{ otherwise}, \qquad r = p - y
 
     Args:
@@ -98,7 +98,9 @@ def huber(p, y, delta):
         Huber (1964), eq. (4); same values as ``torch.nn.functional.huber_loss``.
     """
     r = p - y
-    return where(abs(r) <= delta, r**2 / 2, delta * (abs(r) - delta / 2))
+    # |r| < delta, as Huber's eq. (4) and torch's kernel: at |r| = delta the value and
+    # slope agree either way; the second derivative is torch's (0, the linear branch)
+    return where(abs(r) < delta, r**2 / 2, delta * (abs(r) - delta / 2))
 
 
 @loss(

@@ -502,3 +502,26 @@ def test_gradients_are_inspectable_plain_sympy():
         ref_sigmoid_focal(xt, torch.ones(1, dtype=DT), 0.25, 2.0).sum(), xt
     )
     assert fn(0.25, 2.0, 0.7, 1.0) == pytest.approx(ref.item(), rel=1e-12)
+
+
+def test_huber_and_smooth_l1_second_derivatives_at_the_kink_equal_torchs():
+    # at |r| = delta both branches give the same value and slope; the second
+    # derivative is the linear branch's 0, as torch's kernel (|r| < delta quadratic)
+    x = torch.tensor([0.0, 0.7, -0.7, 0.3, 2.0], dtype=torch.float64)
+    y = torch.zeros(5, dtype=torch.float64)
+    for name, ref in (
+        ("huber", lambda a: F.huber_loss(a, y, delta=0.7, reduction="sum")),
+        ("smooth_l1", lambda a: F.smooth_l1_loss(a, y, beta=0.7, reduction="sum")),
+    ):
+        param = {"huber": {"delta": 0.7}, "smooth_l1": {"beta": 0.7}}[name]
+        hessians = []
+        for f in (
+            lambda a, name=name, param=param: cl.get(name)(a, y, reduction="sum", **param),
+            ref,
+        ):
+            a = x.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(f(a), a, create_graph=True)
+            (h,) = torch.autograd.grad(g.sum(), a)
+            hessians.append((g.detach(), h))
+        torch.testing.assert_close(hessians[0][0], hessians[1][0], rtol=1e-12, atol=0)
+        torch.testing.assert_close(hessians[0][1], hessians[1][1], rtol=1e-12, atol=0)
