@@ -168,6 +168,10 @@ class KernelPrinter(StrPrinter):
     def _print__ZeroTimes(self, expr: Any) -> str:
         return f"R.zero_times({self._print(expr.args[0])}, {self._print(expr.args[1])})"
 
+    def _print__Guarded(self, expr: Any) -> str:
+        cond, u = expr.args
+        return f"R.guard({self._print(cond)}, {self._print(u)}, {self._ref})"
+
     def _print_Heaviside(self, expr: sympy.Heaviside) -> str:
         h0 = expr.args[1] if len(expr.args) > 1 else sympy.S.Half
         return f"R.heaviside({self._print(expr.args[0])}, {float(h0)!r})"
@@ -248,6 +252,80 @@ class _ZeroTimes(sympy.Function):
     """
 
     nargs = 2
+
+
+class _Guarded(sympy.Function):
+    """``u`` where ``cond`` holds, else 1 (made by :func:`guard_untaken_branches`).
+
+    Printed as ``R.guard(cond, u, ref)``; never differentiated (it appears only in
+    generated kernels, after the symbolic work).
+    """
+
+    nargs = 2
+
+
+def _singular_node(node: sympy.Basic) -> bool:
+    """A node whose local derivative is infinite somewhere finite: ``log(u)`` at 0, a
+    negative, fractional or symbolic power at 0 (``1/u``, ``sqrt(u)``, ``u**a``)."""
+    if isinstance(node, sympy.log):
+        return not node.args[0].is_number
+    if isinstance(node, sympy.Pow):
+        base, ex = node.args
+        if base.is_number:
+            return False
+        return bool(ex.free_symbols) or not (ex.is_Integer and ex >= 0)
+    return False
+
+
+def guard_untaken_branches(expr: sympy.Expr) -> sympy.Expr:
+    """Keep the not-taken branch of a ``where`` (and ``maximum``/``minimum``) finite
+    for autograd of the recomputed kernel (``create_graph``, forward-mode AD).
+
+    ``where(p > 0, p*log(p), 0)`` computes ``log(p)`` everywhere; at ``p = 0`` autograd
+    sends the untaken branch a zero gradient, and ``log``'s local derivative ``1/0``
+    turns it into ``nan`` (second derivatives of ``smooth_l1`` at ``beta = 0``, of a
+    safe-log loss at 0, of ``bce``'s clamp at ``p = 0``). Here the argument of each
+    singular operation in a branch is ``u`` where the branch is taken and 1 elsewhere:
+    the taken values and every derivative there are unchanged, and the untaken branch
+    stays finite (its value is discarded; its zero gradient stays zero).
+    """
+
+    def guard(e: sympy.Expr, cond: sympy.Basic) -> sympy.Expr:
+        if cond == sympy.true or not e.args:
+            return e
+
+        def visit(node: sympy.Basic) -> sympy.Basic:
+            if not node.args or isinstance(node, (_Guarded, sympy.logic.boolalg.Boolean)):
+                return node  # (conditions are not differentiated)
+            if isinstance(node, sympy.Piecewise):
+                pieces = [(visit(v), c) for v, c in node.args]
+                return sympy.Piecewise(*pieces, evaluate=False)
+            args = [visit(a) for a in node.args]
+            if _singular_node(node):
+                args[0] = _Guarded(cond, args[0])
+            if all(a is b for a, b in zip(args, node.args, strict=True)):
+                return node
+            return node.func(*args, evaluate=False)
+
+        return visit(e)
+
+    def rule(node: sympy.Basic) -> sympy.Basic:
+        if isinstance(node, sympy.Piecewise):
+            pieces, earlier = [], []
+            for val, cond in node.args:
+                taken = sympy.And(cond, *[sympy.Not(c) for c in earlier])
+                pieces.append((guard(val, taken), cond))
+                earlier.append(cond)
+            return sympy.Piecewise(*pieces, evaluate=False)
+        if isinstance(node, (sympy.Max, sympy.Min)) and len(node.args) == 2:
+            a, b = node.args
+            first = sympy.Ge(a, b) if isinstance(node, sympy.Max) else sympy.Le(a, b)
+            return node.func(guard(a, first), guard(b, sympy.Not(first)), evaluate=False)
+        return node
+
+    if not expr.has(sympy.Piecewise, sympy.Max, sympy.Min):
+        return expr
+    return expr.replace(lambda n: isinstance(n, (sympy.Piecewise, sympy.Max, sympy.Min)), rule)
 
 
 def _overflows(g: sympy.Expr) -> bool:
@@ -385,6 +463,7 @@ def generate_kernel(
     prelude: Sequence[tuple[sympy.Symbol, str, Sequence[sympy.Symbol]]] = (),
     expand: Sequence[str | None] | None = None,
     fast: bool = False,
+    guard_branches: bool = False,
 ) -> Kernel:
     """Generate, compile and return one fused kernel.
 
@@ -402,6 +481,8 @@ def generate_kernel(
             overrides ``shape_args`` when given.
         fast: evaluate-only kernel with fewer transcendental calls (see
             :func:`lower_for_speed`); not for differentiable recomputation.
+        guard_branches: a kernel that autograd differentiates again: untaken
+            branches are kept finite (see :func:`guard_untaken_branches`).
 
     Returns:
         The :class:`Kernel`.
@@ -420,6 +501,8 @@ def generate_kernel(
     exprs = [guard_vanishing_products(e) for _, e in outputs]
     if fast:
         exprs = lower_for_speed(exprs)
+    elif guard_branches:
+        exprs = [guard_untaken_branches(e) for e in exprs]
     temps = sympy.numbered_symbols("_t")
     replacements, reduced = sympy.cse(exprs, symbols=temps, order="none")
     for sym, _ in replacements:

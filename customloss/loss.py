@@ -384,6 +384,8 @@ class Loss:
                 _runtime(backend),
                 shape_args=[self._symbols[n] for n in self.inputs],
                 fast=fast,
+                # torch's differentiable recomputation (create_graph, forward AD)
+                guard_branches=backend == "torch" and not fast,
             )
 
         return _cached(key, lambda: _stored_kernel(key, backend, generate))

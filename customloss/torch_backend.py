@@ -297,6 +297,16 @@ class _TorchOps:
         return f * torch.where((f == 0) & torch.isinf(g), torch.zeros_like(g), g)
 
     @staticmethod
+    def guard(cond: Any, u: Any, ref: torch.Tensor) -> Any:
+        """``u`` where ``cond``, else 1: a singular operation's argument in a ``where``
+        branch, finite where the branch is not taken (``codegen.guard_untaken_branches``)."""
+        if isinstance(cond, bool) or not isinstance(u, torch.Tensor):
+            if isinstance(cond, bool):
+                return u if cond else 1.0
+            u = torch.as_tensor(u, dtype=ref.dtype, device=ref.device)
+        return torch.where(cond, u, torch.ones_like(u))
+
+    @staticmethod
     def spow(b: Any, e: Any) -> torch.Tensor:
         """``b**e`` with the base kept off zero where the exponent is negative.
 

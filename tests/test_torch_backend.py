@@ -1107,3 +1107,48 @@ def test_under_autocast_losses_are_float32_like_torchs():
     # outside autocast, a bfloat16 input still gives a bfloat16 loss (the input's dtype)
     z = torch.randn(4, dtype=torch.bfloat16)
     assert cl.get("mse")(z, torch.zeros(4, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_second_derivatives_are_finite_where_a_branch_is_not_taken():
+    # (session-6 parity review) autograd of the recomputed derivative sent the untaken
+    # branch of a where() a zero gradient, which log's or a division's infinite local
+    # derivative made nan: smooth_l1(beta=0), a safe-log loss at 0, bce at p = 0 or 1
+    def hessian_diag(f, x):
+        a = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(a), a, create_graph=True)
+        (h,) = torch.autograd.grad(g.sum(), a)
+        return g.detach(), h
+
+    zeros = torch.zeros(3, dtype=torch.float64)
+    x = torch.tensor([0.3, -2.0, 0.0], dtype=torch.float64)
+    for beta in (0.0, 1e-320):
+        ours = hessian_diag(
+            lambda a, b=beta: cl.get("smooth_l1")(a, zeros, beta=b, reduction="sum"), x
+        )
+        ref = hessian_diag(lambda a, b=beta: F.smooth_l1_loss(a, zeros, beta=b, reduction="sum"), x)
+        torch.testing.assert_close(ours[0][:2], ref[0][:2])
+        torch.testing.assert_close(ours[1], ref[1])
+    xlogx = cl.define("xlogx_h", "where(p > 0, p*log(p), 0) + (p - y)**2", inputs=("p", "y"))
+    p = torch.tensor([0.0, 0.5, -1.0], dtype=torch.float64)
+    _, h = hessian_diag(lambda a: xlogx(a, zeros, reduction="sum"), p)
+    torch.testing.assert_close(h, torch.tensor([2.0, 1 / 0.5 + 2, 2.0], dtype=torch.float64))
+    q = torch.tensor([0.0, 1.0, 0.3], dtype=torch.float64)
+    t = torch.tensor([0.5, 0.5, 0.2], dtype=torch.float64)
+    g, h = hessian_diag(lambda a: cl.get("bce")(a, t, reduction="sum"), q)
+    # the clamped log is flat: only the other term curves, (1 - y)/(1 - p)^2 resp. y/p^2
+    expected = torch.tensor([0.5, 0.5, 0.2 / 0.09 + 0.8 / 0.49], dtype=torch.float64)
+    torch.testing.assert_close(h, expected)
+    # a gradient penalty through a model: finite and equal to torch's
+    w0 = torch.tensor([0.5, -1.5], dtype=torch.float64)
+    inp = torch.tensor([[1.0, 2.0], [0.5, -1.0], [3.0, 1.0]], dtype=torch.float64)
+
+    def penalty_grad(loss_fn):
+        w = w0.clone().requires_grad_(True)
+        xin = inp.clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad(loss_fn(xin @ w, zeros), xin, create_graph=True)
+        (gw,) = torch.autograd.grad((gx**2).sum(), w)
+        return gw
+
+    ours = penalty_grad(lambda a, b: cl.get("smooth_l1")(a, b, beta=0.0))
+    ref = penalty_grad(lambda a, b: F.smooth_l1_loss(a, b, beta=0.0))
+    torch.testing.assert_close(ours, ref)
