@@ -142,6 +142,17 @@ def check_probability_target(
         )
 
 
+def check_no_ignore_index(ignore_index: int) -> None:
+    """Probability targets have no ignored positions: an ``ignore_index`` other than the
+    default -100 would be silently unused (``F.cross_entropy`` refuses it too)."""
+    if ignore_index != -100:
+        raise ValueError(
+            f"ignore_index={ignore_index} applies to class-index (integer) targets; "
+            "a floating-point (probability) target has no ignored positions: mask "
+            "them with weight= instead"
+        )
+
+
 def out_of_range_index(bad_value: int, n_classes: int, ignore_index: int) -> ValueError:
     """The error for a class index outside ``[0, C)``."""
     return ValueError(

@@ -241,6 +241,9 @@ def hinge(x, y):
 
     .. math:: \ell(x, y) = \max(0,\ 1 - y x)
 
+    At the kink (``y x = 1``) the gradient is half of each side's, ``-y/2``, as
+    ``torch.maximum`` splits a tie; ``torch.relu(1 - y*x)`` would give 0 there.
+
     Args:
         x: the score (decision value).
         y: target, -1 or +1.

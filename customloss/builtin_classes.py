@@ -66,13 +66,15 @@ def categorical_crossentropy(q, y):
 @loss(
     domains={"q": "probability", "p": "probability"},
     classes=True,
-    references=("PyTorch: F.kl_div(q.log(), p, reduction='batchmean')",),
+    references=("PyTorch: F.kl_div(q.log(), p, reduction='batchmean') for (N, C) inputs",),
 )
 def kl_div(q, p):
     r"""Kullback-Leibler divergence :math:`\sum_c p_c \log(p_c / q_c)` (``0 log 0 = 0``).
 
     ``input`` is the predicted distribution ``q``, ``target`` the true distribution
-    ``p``; the mean over samples equals ``F.kl_div(q.log(), p, reduction="batchmean")``.
+    ``p``.  The mean is over samples: for ``(N, C)`` inputs it equals
+    ``F.kl_div(q.log(), p, reduction="batchmean")``; for ``(N, C, d1, ...)`` every
+    position is a sample, so it is ``batchmean`` divided by ``d1 * ...``.
 
     References:
         Kullback & Leibler 1951, "On Information and Sufficiency".

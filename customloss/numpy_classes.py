@@ -54,6 +54,7 @@ def _prepare(
         mode = "index"
     elif t.dtype.kind in "fb":
         _validate.check_probability_target(p.shape, t.shape, sample_shape)
+        _validate.check_no_ignore_index(ignore_index)
         tgt = (t[None] if nd == 1 else np.moveaxis(t, cd, 1)).astype(cdt, copy=False)
         mode = "prob"
     else:

@@ -95,6 +95,7 @@ def _prepare(
         mode = "index"
     else:
         _validate.check_probability_target(input.shape, target.shape, sample_shape)
+        _validate.check_no_ignore_index(ignore_index)
         t = target if target.is_floating_point() else target.to(_compute_dtype(input.dtype))
         tgt = t.unsqueeze(0) if nd == 1 else (t.movedim(cd, 1) if cd != 1 else t)
         mode = "prob"

@@ -327,3 +327,22 @@ def test_a_nan_class_weight_stays_in_its_own_classs_samples():
         assert np.isnan(got[0]) and np.isfinite(got[1:]).all()
     g = ce.gradient(z, idx, class_weight=w, reduction="sum")
     assert np.isnan(g[0]).all() and np.isfinite(g[1:]).all()
+
+
+def test_ignore_index_with_probability_targets_is_refused_as_torch_does():
+    # (session-6 parity review) it was silently unused: soft-label segmentation trained
+    # on the pixels meant to be ignored
+    z = torch.randn(4, 3)
+    q = torch.softmax(torch.randn(4, 3), 1)
+    with pytest.raises(RuntimeError, match="ignore_index is not supported for floating point"):
+        F.cross_entropy(z, q, ignore_index=255)
+    ce = cl.get("cross_entropy")
+    for args in ((z, q), (z.numpy(), q.numpy())):
+        with pytest.raises(ValueError, match="ignore_index=255 applies to class-index"):
+            ce(*args, ignore_index=255)
+    with pytest.raises(ValueError, match="ignore_index=255 applies to class-index"):
+        ce.torch(ignore_index=255)(z, q)
+    # the default is fine, and index targets keep it
+    torch.testing.assert_close(ce(z, q), F.cross_entropy(z, q))
+    t = torch.tensor([0, 255, 2, 1])
+    torch.testing.assert_close(ce(z, t, ignore_index=255), F.cross_entropy(z, t, ignore_index=255))
