@@ -713,6 +713,9 @@ class Loss:
         pred = self.inputs[0]
         moving = tuple(n for n in (*self.inputs, *self.params) if n == pred or n in wrt)
         if self.classes:
+            # (also what the traced forward/backward ask of the loss: whether index
+            # targets are gathered; a kernel read from the disk cache did not compute it)
+            self._index_gathers()
             for mode in ("prob", "index"):
                 for w in ((), (pred,), moving):
                     self._class_kernel("torch", mode, w, True)

@@ -60,6 +60,48 @@ def _wants_grad(tensors: list[torch.Tensor]) -> bool:
     )
 
 
+def _nested_forward_ad() -> bool:
+    """Forward over forward (``jvp`` of ``jvp``, ``jacfwd(jacfwd)``): an
+    ``autograd.Function``'s ``jvp`` output is not differentiated again by the outer
+    level (functorch; a plain ``x*x`` Function gives 0 there), so the loss is then
+    evaluated with plain differentiable operations instead (the session-6 review saw a
+    silent 0 for ``v' H v``)."""
+    if _no_forward_ad() or _tracing():
+        return False
+    try:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    except ImportError:  # (an older torch: no such introspection)
+        return False
+    levels = retrieve_all_functorch_interpreters()
+    return sum(1 for i in levels if i.key() == TransformType.Jvp) >= 2
+
+
+def _plain_evaluate(
+    loss: Loss,
+    reduction: str,
+    w: torch.Tensor | None,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    ps: list[torch.Tensor],
+) -> torch.Tensor:
+    """The loss in plain differentiable operations (the guarded value kernel), for
+    the transforms that cannot go through the autograd Function."""
+    cdt = _compute_dtype(input.dtype)
+    args = [a.to(cdt) for a in (input, target, *ps)]
+    (values,) = loss._kernel("torch", ()).fn(*args)
+    if w is not None:
+        values = values * w.to(cdt)
+    values = values.expand(input.shape)
+    if reduction == "mean":
+        out = values.mean()
+    elif reduction == "sum":
+        out = values.sum()
+    else:
+        out = values
+    return out.to(input.dtype)
+
+
 def _no_forward_ad() -> bool:
     """No ``forward_ad.dual_level`` entered and no torch.func transform active: no
     tensor can carry a tangent (two cheap reads instead of unpacking every tensor)."""
@@ -732,6 +774,8 @@ def evaluate(
         # kernel compiled ahead for evaluation is the one used
         with torch.no_grad():
             return LossFunction.forward(loss, reduction, False, w, input, target, *ps)
+    if _nested_forward_ad():
+        return _plain_evaluate(loss, reduction, w, input, target, ps)
     function = LossFunction if _tracing() else _LossFunctionJVP
     return _apply(
         function, (loss, reduction, fused, w, input, target, *ps), (input, target, w, *ps)

@@ -29,6 +29,7 @@ from customloss.torch_backend import (
     _functorch_wrapped,
     _Fused,
     _fused_request,
+    _nested_forward_ad,
     _no_forward_ad,
     _owned,
     _scalable_in_place,
@@ -443,6 +444,10 @@ def evaluate(
         *prep["params"],
     )
     tensors = (prep["x"], prep["target"], prep["weight"], *prep["params"])
+    if _nested_forward_ad():
+        # the forward's plain operations, differentiated by the transforms themselves
+        out, _ = ClassLossFunction.forward(*args[:5], False, *args[6:])
+        return out
     if not _differentiable(*tensors):
         with torch.no_grad():
             out, _ = ClassLossFunction.forward(*args)  # (see torch_backend.evaluate)

@@ -1152,3 +1152,29 @@ def test_second_derivatives_are_finite_where_a_branch_is_not_taken():
     ours = penalty_grad(lambda a, b: cl.get("smooth_l1")(a, b, beta=0.0))
     ref = penalty_grad(lambda a, b: F.smooth_l1_loss(a, b, beta=0.0))
     torch.testing.assert_close(ours, ref)
+
+
+def test_forward_over_forward_equals_torch():
+    # (session-6 review) jvp of jvp went through the Functions' jvp, whose output the
+    # outer level does not differentiate: v'Hv came out exactly 0
+    from torch.func import hessian, jacfwd, jvp
+
+    gen = torch.Generator().manual_seed(8)
+    z = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    v = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    t = torch.tensor([0, 3, 1, 1, 2])
+    x = torch.randn(6, dtype=torch.float64, generator=gen)
+    u = torch.randn(6, dtype=torch.float64, generator=gen)
+    y = torch.rand(6, dtype=torch.float64, generator=gen)
+    ce, focal = cl.get("cross_entropy"), cl.get("focal")
+
+    def vhv(f, at, along):
+        return jvp(lambda q: jvp(f, (q,), (along,))[1], (at,), (along,))[1]
+
+    def close(a, b):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+    close(vhv(lambda a: ce(a, t), z, v), vhv(lambda a: F.cross_entropy(a, t), z, v))
+    close(vhv(lambda a: focal(a, y), x, u), vhv(lambda a: _focal_reference(a, y), x, u))
+    close(jacfwd(jacfwd(lambda a: ce(a, t)))(z), hessian(lambda a: F.cross_entropy(a, t))(z))
+    close(jacfwd(jacfwd(lambda a: focal(a, y)))(x), hessian(lambda a: _focal_reference(a, y))(x))
