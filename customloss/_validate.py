@@ -306,11 +306,18 @@ def check_param_domains(
         domain = domains.get(name)
         if domain is None or value is None or (hasattr(value, "detach") and not tensors):
             continue
-        if type(value) in (int, float) and _number_inside(value, domain):
-            # (the common case in pure Python, which torch.compile(fullgraph=True)
-            # traces: NumPy's dtype checks below it cannot)
+        what = f"loss {loss_name!r}: param {name!r}"
+        if type(value) in (int, float):
+            # in pure Python, which torch.compile(fullgraph=True) traces (NumPy's dtype
+            # checks in check_domain it cannot)
+            if not _number_inside(value, domain):
+                try:
+                    found = repr(float(value))
+                except OverflowError:  # an int beyond float range
+                    found = repr(value)
+                raise ValueError(f"{what} must be {describe_domain(domain)}; found {found}")
             continue
-        check_domain(f"loss {loss_name!r}: param {name!r}", value, domain)
+        check_domain(what, value, domain)
 
 
 def _number_inside(v: float, domain: str) -> bool:
@@ -323,6 +330,8 @@ def _number_inside(v: float, domain: str) -> bool:
     if interval is None:
         return False
     lo, hi, lo_closed, hi_closed = interval
+    if isinstance(v, int) and not -(2**1023) < v < 2**1023:  # (beyond float range)
+        return (v > 0 and hi == float("inf")) or (v < 0 and lo == -float("inf"))
     above = v >= lo if lo_closed else v > lo
     below = v <= hi if hi_closed else v < hi
     return (above and below) or v != v

@@ -480,14 +480,20 @@ class Loss:
         wrt: tuple[str, ...],
         value: bool,
         zeros: frozenset[str] = frozenset(),
+        *,
+        only_built: bool = False,
     ) -> codegen.Kernel:
         """Kernel for a class-axis loss; ``mode`` is ``"prob"`` or ``"index"``.
 
         ``zeros``: params the caller passes as the number 0 (never one in ``wrt``); the
         kernel is specialised to them (see :meth:`_zeroed`) and keeps its signature.
+        ``only_built``: the kernel if it exists already, else ``None`` (a dict lookup,
+        no lock: what a torch.compile trace may do).
         """
         zeros = frozenset(zeros) - set(wrt)
         key = ("ckernel", self._key, backend, mode, value, wrt, zeros)
+        if only_built:
+            return _ARTEFACTS.get(key)
 
         def generate() -> codegen.Kernel:
             # where substituting 0 is singular (in the loss or, below, in a derivative:
@@ -716,9 +722,17 @@ class Loss:
             # (also what the traced forward/backward ask of the loss: whether index
             # targets are gathered; a kernel read from the disk cache did not compute it)
             self._index_gathers()
+            # the general kernels, and those specialised to the params whose default is
+            # the number 0 (a call that leaves them alone uses those; see _class_kernel)
+            zero = frozenset(
+                n
+                for n, v in self.params.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+            )
             for mode in ("prob", "index"):
                 for w in ((), (pred,), moving):
-                    self._class_kernel("torch", mode, w, True)
+                    for zeros in {frozenset(), zero}:
+                        self._class_kernel("torch", mode, w, True, zeros)
         else:
             # the forward kernels (value only; value and d/dpred, fused) and backward's
             # recompute kernels (evaluate-only without a graph, differentiable with one)

@@ -131,6 +131,19 @@ def _prepare(
     }
 
 
+def _kernel(loss: Loss, mode: str, wrt: tuple[str, ...], zeros: frozenset[str]) -> Any:
+    """``loss._class_kernel("torch", mode, wrt, True, zeros)``; inside a torch.compile
+    trace, where no kernel can be generated, the general kernel (``Loss.prepare`` built
+    it) stands in for a zero-specialised one that was never built (a per-call 0)."""
+    if _tracing():
+        built = loss._class_kernel("torch", mode, wrt, True, zeros, only_built=True)
+        if built is None:
+            built = loss._class_kernel("torch", mode, wrt, True, frozenset(), only_built=True)
+        if built is not None:
+            return built
+    return loss._class_kernel("torch", mode, wrt, True, zeros)
+
+
 class ClassLossFunction(torch.autograd.Function):
     """Fused forward/backward of a class-axis loss.
 
@@ -166,7 +179,7 @@ class ClassLossFunction(torch.autograd.Function):
         ]
         has_norm = mode == "index" and loss.index_mean_weight is not None
         wrt = (loss.inputs[0],) if fused else ()
-        kernel = loss._class_kernel("torch", mode, wrt, True, zeros)
+        kernel = _kernel(loss, mode, wrt, zeros)
         outs = fast.kernel_callable(kernel, tuple(args))(*args)
         values = outs[0]
         norm = outs[1] if has_norm else None
@@ -273,7 +286,7 @@ class ClassLossFunction(torch.autograd.Function):
             ]
             # the value is always part of the recompute kernel: without a graph this is
             # the kernel the fused forward ran, so a second backward gives the same bits
-            kernel = loss._class_kernel("torch", mode, wrt, True, ctx.zeros)
+            kernel = _kernel(loss, mode, wrt, ctx.zeros)
             run = (
                 kernel.fn if torch.is_grad_enabled() else fast.kernel_callable(kernel, tuple(args))
             )
@@ -344,7 +357,7 @@ class _ClassLossFunctionJVP(ClassLossFunction):
             target if mode == "index" else target.to(cdt),
             *(p.to(cdt) for p in params),
         ]
-        outs = list(loss._class_kernel("torch", mode, wrt, True, ctx.zeros).fn(*args))
+        outs = list(_kernel(loss, mode, wrt, ctx.zeros).fn(*args))
         value = outs.pop(0)
         if mode == "index" and loss.index_mean_weight is not None:
             outs.pop(0)

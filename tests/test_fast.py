@@ -897,6 +897,40 @@ def test_per_call_params_compile_as_one_graph(no_kernels_yet):
         focal(x, y, gamma=-1.0)
 
 
+def test_a_prepared_class_loss_with_default_zero_params_compiles_as_one_graph(no_kernels_yet):
+    # (session-6 review) label_smoothing's default 0.0 selects a kernel specialised to
+    # it, which prepare() did not build; a per-call 0 falls back to the general kernel
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(9)
+    z, t = torch.randn(6, 4, generator=gen), torch.randint(0, 4, (6,), generator=gen)
+    ce = cl.get("cross_entropy").prepare()
+    crit = cl.get("cross_entropy").torch()
+    for fn in (lambda a: ce(a, t), lambda a: crit(a, t, label_smoothing=0.0)):
+        torch._dynamo.reset()
+        a = z.clone().requires_grad_(True)
+        value = torch.compile(fn, backend="eager", fullgraph=True)(a)
+        (grad,) = torch.autograd.grad(value, a)
+        b = z.clone().requires_grad_(True)
+        expected = F.cross_entropy(b, t)
+        (gexp,) = torch.autograd.grad(expected, b)
+        torch.testing.assert_close(value, expected)
+        torch.testing.assert_close(grad, gexp)
+
+
+def test_an_out_of_domain_number_is_named_inside_a_compiled_region():
+    import torch
+
+    q = cl.get("quantile").prepare()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: q(a, b, q=1.5), backend="eager", fullgraph=True)
+    with pytest.raises(Exception, match=r"param 'q' must be in \[0, 1\]; found 1.5"):
+        compiled(torch.randn(4), torch.randn(4))
+    with pytest.raises(ValueError, match=r"param 'q' must be in \[0, 1\]; found 1000"):
+        q(torch.randn(4), torch.randn(4), q=10**400)
+
+
 def test_prepare_names_an_unknown_param():
     with pytest.raises(ValueError, match="prepare.*'nope'"):
         cl.get("focal").prepare(wrt=["nope"])
