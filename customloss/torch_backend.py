@@ -165,77 +165,74 @@ def _directional(tangents: tuple[Any, ...], ds: list[Any]) -> torch.Tensor | Non
     return out
 
 
-class _LogMixPT(torch.autograd.Function):
-    """``_log_mix_pt`` with the derivatives of ``calculus.LogMixPair``:
-    ``d/dc1 = sigmoid(u)/M``, ``d/dc2 = sigmoid(-u)/M``, ``d/du = (c1 - c2) w``.
-    In the ``setup_context`` style with ``generate_vmap_rule`` and a ``jvp``, for
-    ``torch.func`` and forward-mode AD (Hessians of a learned param's loss)."""
+def _mixture_function(
+    name: str,
+    doc: str,
+    value: Callable[..., torch.Tensor],
+    derivatives: Callable[[tuple[torch.Tensor, ...], torch.Tensor], list[torch.Tensor]],
+) -> type:
+    """An ``autograd.Function`` computing ``value(*args)`` whose derivatives (one per
+    argument, from ``derivatives(args, out)``) serve backward and forward-mode AD; in
+    the ``setup_context`` style with ``generate_vmap_rule``, for ``torch.func``."""
 
-    generate_vmap_rule = True
+    def forward(*args: torch.Tensor) -> torch.Tensor:
+        return value(*args)
 
-    @staticmethod
-    def forward(c1: torch.Tensor, c2: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return _log_mix_pt(c1, c2, u)
-
-    @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         ctx.save_for_backward(*inputs, output)
         ctx.save_for_forward(*inputs, output)
 
-    @staticmethod
-    def _derivatives(ctx: Any) -> tuple[list[Any], tuple[torch.Tensor, ...]]:
-        c1, c2, u, out = ctx.saved_tensors
-        ds = [
-            torch.exp(-F.softplus(-u) - out),
-            torch.exp(-F.softplus(u) - out),
-            (c1 - c2) * _mixture_weight(u, out),
-        ]
-        return ds, (c1, c2, u)
-
-    @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        ds, args = _LogMixPT._derivatives(ctx)
-        return _gradients(grad, ds, args, ctx.needs_input_grad)
+        *args, out = ctx.saved_tensors
+        return _gradients(grad, derivatives(tuple(args), out), tuple(args), ctx.needs_input_grad)
 
-    @staticmethod
     def jvp(ctx: Any, *tangents: Any) -> torch.Tensor | None:
-        ds, _ = _LogMixPT._derivatives(ctx)
-        return _directional(tangents, ds)
+        *args, out = ctx.saved_tensors
+        return _directional(tangents, derivatives(tuple(args), out))
+
+    namespace = {
+        "__doc__": doc,
+        "__module__": __name__,
+        "generate_vmap_rule": True,
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+        "jvp": staticmethod(jvp),
+    }
+    return type(name, (torch.autograd.Function,), namespace)
 
 
-class _LogMix(torch.autograd.Function):
+def _log_mix_pt_derivatives(args: tuple[torch.Tensor, ...], out: torch.Tensor) -> list[Any]:
+    c1, c2, u = args
+    return [
+        torch.exp(-F.softplus(-u) - out),
+        torch.exp(-F.softplus(u) - out),
+        (c1 - c2) * _mixture_weight(u, out),
+    ]
+
+
+def _log_mix_derivatives(args: tuple[torch.Tensor, ...], out: torch.Tensor) -> list[Any]:
+    ds: list[Any] = []
+    for c, v in zip(args[::2], args[1::2], strict=True):
+        ds += [torch.exp(-F.softplus(-v) - out), c * _mixture_weight(v, out)]
+    return ds
+
+
+_LogMixPT = _mixture_function(
+    "_LogMixPT",
+    """``_log_mix_pt`` with the derivatives of ``calculus.LogMixPair``:
+    ``d/dc1 = sigmoid(u)/M``, ``d/dc2 = sigmoid(-u)/M``, ``d/du = (c1 - c2) w``.""",
+    _log_mix_pt,
+    _log_mix_pt_derivatives,
+)
+_LogMix = _mixture_function(
+    "_LogMix",
     """``_log_mix`` with the derivatives of ``calculus.LogMix``: ``d/dc_k =
     sigmoid(v_k)/M`` and ``d/dv_k = c_k w_k``, in differentiable operations (autograd of
-    ``log c_k`` would be ``0 * inf`` at 0); ``torch.func``-ready as :class:`_LogMixPT`."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(*args: torch.Tensor) -> torch.Tensor:
-        return _log_mix(*args)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        ctx.save_for_backward(*inputs, output)
-        ctx.save_for_forward(*inputs, output)
-
-    @staticmethod
-    def _derivatives(ctx: Any) -> tuple[list[Any], tuple[torch.Tensor, ...]]:
-        *args, out = ctx.saved_tensors
-        ds: list[Any] = []
-        for c, v in zip(args[::2], args[1::2], strict=True):
-            ds += [torch.exp(-F.softplus(-v) - out), c * _mixture_weight(v, out)]
-        return ds, tuple(args)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        ds, args = _LogMix._derivatives(ctx)
-        return _gradients(grad, ds, args, ctx.needs_input_grad)
-
-    @staticmethod
-    def jvp(ctx: Any, *tangents: Any) -> torch.Tensor | None:
-        ds, _ = _LogMix._derivatives(ctx)
-        return _directional(tangents, ds)
+    ``log c_k`` would be ``0 * inf`` at 0).""",
+    _log_mix,
+    _log_mix_derivatives,
+)
 
 
 class _TorchOps:
