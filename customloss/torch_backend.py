@@ -92,14 +92,16 @@ def _plain_evaluate(
     (values,) = loss._kernel("torch", ()).fn(*args)
     if w is not None:
         values = values * w.to(cdt)
-    values = values.expand(input.shape)
+    return _reduce(values.expand(input.shape), reduction).to(input.dtype)
+
+
+def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``values`` reduced as ``reduction`` says ("mean", "sum" or "none")."""
     if reduction == "mean":
-        out = values.mean()
-    elif reduction == "sum":
-        out = values.sum()
-    else:
-        out = values
-    return out.to(input.dtype)
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    return values
 
 
 def _no_forward_ad() -> bool:
@@ -525,12 +527,8 @@ class LossFunction(torch.autograd.Function):
             values = values * w
         if summed:
             out = values / input.numel() if reduction == "mean" else values
-        elif reduction == "mean":
-            out = values.mean()
-        elif reduction == "sum":
-            out = values.sum()
         else:
-            out = values
+            out = _reduce(values, reduction)
         return out.to(input.dtype)
 
     @staticmethod

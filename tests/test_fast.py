@@ -666,18 +666,23 @@ print("exit", os.waitstatus_to_exitcode(status))
 """
 
 
-def test_a_forked_child_uses_ready_kernels_and_compiles_nothing(tmp_path):
-    # DataLoader workers (fork): the parent's compile thread and Inductor's compile
-    # workers are not the child's; a compile started there waited forever
+def _run_fork_script(tmp_path: Any, source: str, child_checks: int) -> None:
+    """Run a script that forks; its child prints ``child [checks]``, all True."""
     import subprocess
     import sys
 
     script = tmp_path / "fork.py"
-    script.write_text(_FORK_SCRIPT)
+    script.write_text(source)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "child [True, True, True, True, True, True]" in out.stdout
+    assert f"child {[True] * child_checks}" in out.stdout
     assert out.stdout.strip().endswith("exit 0")
+
+
+def test_a_forked_child_uses_ready_kernels_and_compiles_nothing(tmp_path):
+    # DataLoader workers (fork): the parent's compile thread and Inductor's compile
+    # workers are not the child's; a compile started there waited forever
+    _run_fork_script(tmp_path, _FORK_SCRIPT, 6)
 
 
 _FORK_UNCOMPILED_SCRIPT = r"""
@@ -707,15 +712,7 @@ print("exit", os.waitstatus_to_exitcode(status))
 def test_a_child_of_a_parent_that_never_compiled_may_compile(tmp_path):
     # (session-6 review) any child of a process that merely imported customloss never
     # compiled, and a fork during a compile left the process-wide flag set in the child
-    import subprocess
-    import sys
-
-    script = tmp_path / "fork2.py"
-    script.write_text(_FORK_UNCOMPILED_SCRIPT)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "child [True, True, True]" in out.stdout
-    assert out.stdout.strip().endswith("exit 0")
+    _run_fork_script(tmp_path, _FORK_UNCOMPILED_SCRIPT, 3)
 
 
 def test_evaluation_with_and_without_no_grad_shares_one_kernel(
