@@ -506,9 +506,12 @@ class LossFunction(torch.autograd.Function):
         # elementwise values are never stored.
         summed = reduction != "none" and w is None
         reduce = "sum" if summed else None
-        if fused is True:
+        if fused is True and _tracing():
             kernel = loss._kernel("torch", (pred,), value=True, fast=True)
             values, _ = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
+        elif fused is True:  # under torch.func: backward recomputes; the value alone
+            kernel = loss._kernel("torch", (), fast=True)
+            (values,) = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
         elif fused:
             kernel = loss._kernel("torch", (pred,), value=True, fast=True)
             values, dinput = fast.kernel_callable(kernel, tuple(args), reduce=reduce)(*args)
