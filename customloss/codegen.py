@@ -220,6 +220,9 @@ class KernelPrinter(StrPrinter):
     def _print_Or(self, expr: sympy.Or) -> str:
         return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
 
+    def _print__Unless(self, expr: Any) -> str:
+        return f"R.not_({self._print(expr.args[0])})"
+
     def _print_Not(self, expr: sympy.Not) -> str:
         # R.not_, not ~: a condition on a param specialised to a constant is a Python
         # bool, and ~True is -2
@@ -254,6 +257,20 @@ class _ZeroTimes(sympy.Function):
     nargs = 2
 
 
+class _Unless(sympy.logic.boolalg.BooleanFunction):
+    """``R.not_(cond)``: true wherever ``cond`` is not (NaN comparisons included)."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, cond: Any) -> Any:
+        if cond == sympy.true:
+            return sympy.false
+        if cond == sympy.false:
+            return sympy.true
+        return None
+
+
 class _Guarded(sympy.Function):
     """``u`` where ``cond`` holds, else 1 (made by :func:`guard_untaken_branches`).
 
@@ -267,7 +284,7 @@ class _Guarded(sympy.Function):
 def _singular_node(node: sympy.Basic) -> bool:
     """A node whose local derivative is infinite somewhere finite: ``log(u)`` at 0, a
     negative, fractional or symbolic power at 0 (``1/u``, ``sqrt(u)``, ``u**a``)."""
-    if isinstance(node, sympy.log):
+    if isinstance(node, sympy.log) or type(node).__name__ == "log1p":
         return not node.args[0].is_number
     if isinstance(node, sympy.Pow):
         base, ex = node.args
@@ -278,16 +295,18 @@ def _singular_node(node: sympy.Basic) -> bool:
 
 
 def guard_untaken_branches(expr: sympy.Expr) -> sympy.Expr:
-    """Keep the not-taken branch of a ``where`` (and ``maximum``/``minimum``) finite
-    for autograd of the recomputed kernel (``create_graph``, forward-mode AD).
+    """Keep the not-taken branch of a ``where`` finite for autograd of the recomputed
+    kernel (``create_graph``, forward-mode AD).
 
     ``where(p > 0, p*log(p), 0)`` computes ``log(p)`` everywhere; at ``p = 0`` autograd
     sends the untaken branch a zero gradient, and ``log``'s local derivative ``1/0``
     turns it into ``nan`` (second derivatives of ``smooth_l1`` at ``beta = 0``, of a
-    safe-log loss at 0, of ``bce``'s clamp at ``p = 0``). Here the argument of each
-    singular operation in a branch is ``u`` where the branch is taken and 1 elsewhere:
-    the taken values and every derivative there are unchanged, and the untaken branch
-    stays finite (its value is discarded; its zero gradient stays zero).
+    safe-log loss at 0). Here the argument of each singular operation in a branch is
+    ``u`` where the branch is taken and 1 elsewhere: the taken values and every
+    derivative there are unchanged, and the untaken branch stays finite (its value is
+    discarded; its zero gradient stays zero). ``maximum``/``minimum`` are left alone:
+    they compare both sides, so a guarded side could win (the review found bce's clamp
+    turned from -100 into 0).
     """
 
     def guard(e: sympy.Expr, cond: sympy.Basic) -> sympy.Expr:
@@ -313,19 +332,18 @@ def guard_untaken_branches(expr: sympy.Expr) -> sympy.Expr:
         if isinstance(node, sympy.Piecewise):
             pieces, earlier = [], []
             for val, cond in node.args:
-                taken = sympy.And(cond, *[sympy.Not(c) for c in earlier])
+                # where(c, a, b) takes b wherever c is not True, NaN comparisons
+                # included: R.not_(c), not SymPy's Not (which flips p > 0 to p <= 0,
+                # False at NaN, and would guard away a NaN the result must keep)
+                taken = sympy.And(cond, *[_Unless(c) for c in earlier])
                 pieces.append((guard(val, taken), cond))
                 earlier.append(cond)
             return sympy.Piecewise(*pieces, evaluate=False)
-        if isinstance(node, (sympy.Max, sympy.Min)) and len(node.args) == 2:
-            a, b = node.args
-            first = sympy.Ge(a, b) if isinstance(node, sympy.Max) else sympy.Le(a, b)
-            return node.func(guard(a, first), guard(b, sympy.Not(first)), evaluate=False)
         return node
 
-    if not expr.has(sympy.Piecewise, sympy.Max, sympy.Min):
+    if not expr.has(sympy.Piecewise):
         return expr
-    return expr.replace(lambda n: isinstance(n, (sympy.Piecewise, sympy.Max, sympy.Min)), rule)
+    return expr.replace(lambda n: isinstance(n, sympy.Piecewise), rule)
 
 
 def _overflows(g: sympy.Expr) -> bool:

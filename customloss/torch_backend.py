@@ -282,7 +282,10 @@ class _TorchOps:
 
     @staticmethod
     def logcosh(x: torch.Tensor) -> torch.Tensor:
-        a = torch.abs(x)
+        # |x| as where(x >= 0, x, -x): the same values, and each side is analytic, so
+        # autograd's second derivative at 0 is sech^2(0) = 1 (through abs, whose
+        # derivative's derivative is 0, it was 0)
+        a = torch.where(x >= 0, x, -x)
         return a + F.softplus(-2.0 * a) - _LOG2
 
     @staticmethod
@@ -705,6 +708,9 @@ def _as_tensor(what: str, value: Any, like: torch.Tensor) -> torch.Tensor:
     dtype = _compute_dtype(like.dtype)
     try:
         return torch.as_tensor(value, dtype=dtype, device=like.device)
+    except OverflowError:  # a Python int beyond every float (gamma=10**400)
+        shown = repr(value) if len(repr(value)) <= 24 else f"an int of {len(repr(value))} digits"
+        raise ValueError(f"{what} ({shown}) is beyond the range of {dtype}") from None
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"{what} must be numeric: {exc}") from None
 

@@ -1132,12 +1132,21 @@ def test_second_derivatives_are_finite_where_a_branch_is_not_taken():
     p = torch.tensor([0.0, 0.5, -1.0], dtype=torch.float64)
     _, h = hessian_diag(lambda a: xlogx(a, zeros, reduction="sum"), p)
     torch.testing.assert_close(h, torch.tensor([2.0, 1 / 0.5 + 2, 2.0], dtype=torch.float64))
-    q = torch.tensor([0.0, 1.0, 0.3], dtype=torch.float64)
-    t = torch.tensor([0.5, 0.5, 0.2], dtype=torch.float64)
-    g, h = hessian_diag(lambda a: cl.get("bce")(a, t, reduction="sum"), q)
-    # the clamped log is flat: only the other term curves, (1 - y)/(1 - p)^2 resp. y/p^2
-    expected = torch.tensor([0.5, 0.5, 0.2 / 0.09 + 0.8 / 0.49], dtype=torch.float64)
-    torch.testing.assert_close(h, expected)
+    # (review of the guard) maximum() compares both sides, so it is not guarded: bce's
+    # clamp keeps its value -100 in the differentiable kernel (a guard made it 0)
+    q = torch.tensor([0.0, 1e-50, 0.3, 1.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    w = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    (gw,) = torch.autograd.grad(
+        cl.get("bce")(q, t, weight=w, reduction="sum"), w, create_graph=True
+    )
+    torch.testing.assert_close(gw, F.binary_cross_entropy(q, t, reduction="none"))
+    # a NaN input keeps a NaN gradient (the else branch of where() is taken at NaN)
+    nan = torch.tensor([float("nan"), 0.5], dtype=torch.float64)
+    g, _ = hessian_diag(lambda a: cl.get("cauchy")(a, zeros[:2], reduction="sum"), nan)
+    assert torch.isnan(g[0]) and torch.isfinite(g[1])
+    g, _ = hessian_diag(lambda a: xlogx(a, zeros[:2], reduction="sum"), nan)
+    assert torch.isnan(g[0]) and torch.isfinite(g[1])
     # a gradient penalty through a model: finite and equal to torch's
     w0 = torch.tensor([0.5, -1.5], dtype=torch.float64)
     inp = torch.tensor([[1.0, 2.0], [0.5, -1.0], [3.0, 1.0]], dtype=torch.float64)
@@ -1178,3 +1187,20 @@ def test_forward_over_forward_equals_torch():
     close(vhv(lambda a: focal(a, y), x, u), vhv(lambda a: _focal_reference(a, y), x, u))
     close(jacfwd(jacfwd(lambda a: ce(a, t)))(z), hessian(lambda a: F.cross_entropy(a, t))(z))
     close(jacfwd(jacfwd(lambda a: focal(a, y)))(x), hessian(lambda a: _focal_reference(a, y))(x))
+    # at an exact zero residual too (log_cosh's |r| had a zero second derivative at 0)
+    r = torch.tensor([0.0, 0.3, -2.0], dtype=torch.float64)
+    lc = jacfwd(jacfwd(lambda a: cl.get("log_cosh")(a, torch.zeros_like(r), reduction="sum")))(r)
+    close(torch.diagonal(lc), 1 / torch.cosh(r) ** 2)
+
+
+def test_log1p_branches_and_huge_int_params():
+    # (session-6 review of the guard) log1p is singular at -1 like log at 0; an int
+    # param beyond every float is refused naming it (it was a bare OverflowError)
+    loss = cl.define("l1p_g", "where(p > -1, log1p(p), 0) + 0*y", inputs=("p", "y"))
+    x = torch.tensor([-1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    zeros = torch.zeros(2, dtype=torch.float64)
+    (g,) = torch.autograd.grad(loss(x, zeros, reduction="sum"), x, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), x)
+    torch.testing.assert_close(h, torch.tensor([0.0, -1 / 1.5**2], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"param 'gamma' \(an int of 401 digits\) is beyond"):
+        cl.get("focal")(torch.randn(3), torch.rand(3), gamma=10**400)
