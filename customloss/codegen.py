@@ -314,8 +314,11 @@ def guard_untaken_branches(expr: sympy.Expr) -> sympy.Expr:
             return e
 
         def visit(node: sympy.Basic) -> sympy.Basic:
-            if not node.args or isinstance(node, (_Guarded, sympy.logic.boolalg.Boolean)):
+            if not node.args or isinstance(node, sympy.logic.boolalg.Boolean):
                 return node  # (conditions are not differentiated)
+            if isinstance(node, _Guarded):  # an inner branch's guard: guard inside it too
+                inner_cond, u = node.args
+                return _Guarded(inner_cond, visit(u))
             if isinstance(node, sympy.Piecewise):
                 pieces = [(visit(v), c) for v, c in node.args]
                 return sympy.Piecewise(*pieces, evaluate=False)

@@ -1204,3 +1204,22 @@ def test_log1p_branches_and_huge_int_params():
     torch.testing.assert_close(h, torch.tensor([0.0, -1 / 1.5**2], dtype=torch.float64))
     with pytest.raises(ValueError, match=r"param 'gamma' \(an int of 401 digits\) is beyond"):
         cl.get("focal")(torch.randn(3), torch.rand(3), gamma=10**400)
+
+
+@pytest.mark.parametrize("alpha", [2.0, 1.0, 0.0, -2.0, 4.0])
+def test_general_robust_second_derivatives_equal_finite_differences(alpha):
+    # nested where() branches: an inner branch's guard is guarded by the outer branches
+    # too (at alpha = 2 the general branch divides by |alpha - 2|: NaN before)
+    loss = cl.get("general_robust")
+    x = torch.tensor([0.5, -1.0, 3.0], dtype=torch.float64, requires_grad=True)
+    y = torch.zeros(3, dtype=torch.float64)
+    (g,) = torch.autograd.grad(loss(x, y, alpha=alpha, reduction="sum"), x, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), x)
+
+    def grad_at(z):
+        z = z.clone().requires_grad_(True)
+        return torch.autograd.grad(loss(z, y, alpha=alpha, reduction="sum"), z)[0]
+
+    eps = 1e-6
+    fd = (grad_at(x.detach() + eps) - grad_at(x.detach() - eps)) / (2 * eps)
+    torch.testing.assert_close(h, fd, rtol=1e-6, atol=1e-8)
